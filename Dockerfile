@@ -1,0 +1,24 @@
+# The training image: the project's code on python:3.11-slim with its pinned dependencies.
+# Build and push with `make images`; MLproject's docker_env names the pushed tag.
+FROM python:3.11-slim
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TF_CPP_MIN_LOG_LEVEL=2 \
+    HOME=/home/trainer
+
+# Dependencies first (their own layer, reused while only the code changes).
+COPY pyproject.toml /tmp/celeb-smile/
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/celeb-smile/pyproject.toml','rb'))['project']['dependencies']))" \
+      > /tmp/requirements.txt \
+ && pip install --no-cache-dir -r /tmp/requirements.txt \
+ && rm -rf /tmp/celeb-smile /tmp/requirements.txt \
+ && useradd --uid 10001 --create-home --home-dir /home/trainer trainer
+
+# MLflow runs entry points from this directory (its docker backend's working directory).
+WORKDIR /mlflow/projects/code
+COPY MLproject train.py ./
+COPY celeb_smile ./celeb_smile
+
+USER 10001:10001
+CMD ["python", "train.py", "--help"]

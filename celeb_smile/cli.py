@@ -1,0 +1,44 @@
+"""Entry points behind train.py and driver.py: argument errors become one line and exit 2."""
+
+import os
+import sys
+
+EXIT_BAD_INPUT = 2
+ERROR_TAG = "celeb_smile.error"  # set on a run that was rejected or crashed
+
+
+def fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def train_main(argv=None) -> int:
+    from celeb_smile.config import parse_args
+
+    try:
+        cfg = parse_args(argv)
+    except ValueError as error:
+        _record_failure_on_launched_run(str(error))
+        return fail(str(error))
+
+    import mlflow
+
+    from celeb_smile.training import train
+
+    with mlflow.start_run():
+        train(cfg)
+    return 0
+
+
+def _record_failure_on_launched_run(message: str) -> None:
+    """Under `mlflow run` the run exists before this process starts: end it FAILED with the
+    reason, since nothing else would (the kubernetes backend never updates a run's status)."""
+    run_id = os.environ.get("MLFLOW_RUN_ID")
+    if not run_id:
+        return
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_tag(run_id, ERROR_TAG, message)
+    client.set_tag(run_id, "mlflow.note.content", f"Rejected: {message}")
+    client.set_terminated(run_id, "FAILED")

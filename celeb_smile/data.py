@@ -1,0 +1,129 @@
+"""Input pipelines: CelebA through tensorflow-datasets, and a synthetic CelebA look-alike.
+
+Both yield (image uint8 [218, 178, 3], label int32 {0, 1}) examples; the model rescales
+in-graph, so batches cross into the model as uint8 (4x less to copy than float32).
+"""
+
+import tensorflow as tf
+
+from celeb_smile import IMAGE_SHAPE
+from celeb_smile.config import TrainConfig
+
+AUTOTUNE = tf.data.AUTOTUNE
+HEIGHT, WIDTH, _ = IMAGE_SHAPE
+# Each split of the synthetic set draws from its own stream of example indices.
+SYNTHETIC_SPLIT_OFFSETS = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
+CELEB_A_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+
+
+def load_splits(cfg: TrainConfig) -> dict[str, tf.data.Dataset]:
+    """Batched, cached, prefetched train/validation/test datasets for a configuration."""
+    counts = {"train": cfg.training_samples, "validation": cfg.validation_samples,
+              "test": cfg.validation_samples}
+    return {
+        split: batch_pipeline(examples(cfg, split, count), cfg.batch_size,
+                              shuffle_seed=cfg.seed if split == "train" else None)
+        for split, count in counts.items()
+    }
+
+
+def examples(cfg: TrainConfig, split: str, count: int) -> tf.data.Dataset:
+    if cfg.dataset == "synthetic":
+        return synthetic_examples(count, seed=cfg.seed, offset=SYNTHETIC_SPLIT_OFFSETS[split])
+    return celeb_a_examples(CELEB_A_SPLITS[split], count, data_dir=cfg.data_path)
+
+
+def batch_pipeline(dataset: tf.data.Dataset, batch_size: int, shuffle_seed=None) -> tf.data.Dataset:
+    dataset = dataset.cache()
+    if shuffle_seed is not None:
+        dataset = dataset.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def celeb_a_examples(split: str, count: int, data_dir=None) -> tf.data.Dataset:
+    """The first `count` CelebA examples of a split, labelled by the 'Smiling' attribute."""
+    import tensorflow_datasets as tfds  # heavy import, only needed for the real data
+
+    dataset = tfds.load("celeb_a", split=f"{split}[:{count}]", data_dir=data_dir,
+                        shuffle_files=False)
+    return dataset.map(_image_and_smiling, num_parallel_calls=AUTOTUNE)
+
+
+def _image_and_smiling(example):
+    return example["image"], tf.cast(example["attributes"]["Smiling"], tf.int32)
+
+
+def synthetic_examples(count: int, seed: int, offset: int = 0) -> tf.data.Dataset:
+    """`count` drawn faces; example i depends only on (seed, offset + i), so any slice is stable."""
+    indices = tf.data.Dataset.range(offset, offset + count)
+    return indices.map(lambda index: draw_face(seed, index), num_parallel_calls=AUTOTUNE)
+
+
+def draw_face(seed, index):
+    """One CelebA-shaped image of a face whose mouth curves up (smiling, 1) or down (0).
+
+    Face position, size, skin, background, eye and mouth geometry and pixel noise all vary,
+    so the label is only in the mouth's curvature.
+    """
+    rng = _StatelessDraws(seed, index)
+    smiling = rng.uniform() < 0.5
+    y, x = _pixel_grid()
+
+    face_x, face_y = rng.uniform(0.38, 0.62) * WIDTH, rng.uniform(0.42, 0.58) * HEIGHT
+    radius_x = rng.uniform(0.24, 0.32) * WIDTH
+    radius_y = radius_x * rng.uniform(1.15, 1.35)
+    face = ((x - face_x) / radius_x) ** 2 + ((y - face_y) / radius_y) ** 2 <= 1.0
+
+    eye_dx, eye_y = 0.38 * radius_x, face_y - rng.uniform(0.2, 0.35) * radius_y
+    eye_r = rng.uniform(0.07, 0.11) * radius_x
+    eyes = tf.logical_or(_disc(x, y, face_x - eye_dx, eye_y, eye_r),
+                         _disc(x, y, face_x + eye_dx, eye_y, eye_r))
+
+    mouth_y = face_y + rng.uniform(0.35, 0.5) * radius_y
+    half_width = rng.uniform(0.4, 0.6) * radius_x
+    depth = rng.uniform(0.25, 0.45) * half_width * tf.where(smiling, 1.0, -1.0)
+    thickness = rng.uniform(2.5, 4.5)
+    u = (x - face_x) / half_width
+    # Smiling: the centre of the arc sits lower (larger y) than its corners.
+    arc_y = mouth_y + depth * (1.0 - u ** 2) - depth / 2
+    mouth = tf.logical_and(tf.abs(u) <= 1.0, tf.abs(y - arc_y) <= thickness)
+
+    image = tf.ones([HEIGHT, WIDTH, 3]) * rng.colour(0.0, 1.0)
+    image = _paint(image, face, rng.colour(0.45, 1.0))
+    image = _paint(image, eyes, rng.colour(0.0, 0.3))
+    image = _paint(image, mouth, rng.colour(0.0, 0.45))
+    image += tf.random.stateless_normal([HEIGHT, WIDTH, 3], rng.next_seed(), stddev=0.05)
+    image = tf.cast(tf.clip_by_value(image, 0.0, 1.0) * 255.0, tf.uint8)
+    return tf.ensure_shape(image, IMAGE_SHAPE), tf.cast(smiling, tf.int32)
+
+
+class _StatelessDraws:
+    """Successive stateless random draws keyed by (seed, index): same inputs, same image."""
+
+    def __init__(self, seed, index):
+        self._key = tf.cast(tf.stack([tf.cast(seed, tf.int64), index]), tf.int64)
+        self._count = 0
+
+    def next_seed(self):
+        self._count += 1
+        return tf.random.experimental.stateless_fold_in(self._key, self._count)
+
+    def uniform(self, low=0.0, high=1.0, shape=()):
+        return tf.random.stateless_uniform(shape, self.next_seed(), low, high)
+
+    def colour(self, low, high):
+        return self.uniform(low, high, shape=[3])
+
+
+def _pixel_grid():
+    ys, xs = tf.meshgrid(tf.range(HEIGHT, dtype=tf.float32), tf.range(WIDTH, dtype=tf.float32),
+                         indexing="ij")
+    return ys, xs
+
+
+def _disc(x, y, centre_x, centre_y, radius):
+    return (x - centre_x) ** 2 + (y - centre_y) ** 2 <= radius ** 2
+
+
+def _paint(image, mask, colour):
+    return tf.where(mask[..., None], colour, image)

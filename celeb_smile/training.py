@@ -1,0 +1,54 @@
+"""Train one configuration and record it on the active MLflow run."""
+
+import time
+
+import keras
+import mlflow
+import numpy as np
+import tensorflow as tf
+from mlflow.models import infer_signature
+
+from celeb_smile.config import TrainConfig
+from celeb_smile.data import load_splits
+from celeb_smile.model import build_model, compile_model
+
+MODEL_NAME = "model"  # the run's logged model: runs:/<run_id>/model
+
+
+class EpochMetricsLogger(keras.callbacks.Callback):
+    """Log every epoch's metrics as it ends (step = epoch), so a run can be watched live."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        metrics = {name: float(value) for name, value in (logs or {}).items()}
+        metrics["epoch_seconds"] = time.perf_counter() - self._epoch_started
+        mlflow.log_metrics(metrics, step=epoch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_started = time.perf_counter()
+
+
+def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
+    """Fit the model for `cfg` on the active MLflow run: params, per-epoch metrics, test
+    metrics and the model (with signature and input example) all land on that run."""
+    keras.utils.set_random_seed(cfg.seed)
+    mlflow.log_params(cfg.as_params())
+    splits = load_splits(cfg)
+    model = compile_model(build_model(cfg.convolutions, cfg.randomize_images, cfg.seed),
+                          cfg.learning_rate)
+    model.fit(splits["train"], validation_data=splits["validation"], epochs=cfg.epochs,
+              callbacks=[EpochMetricsLogger()], verbose=verbose)
+    test_loss, test_accuracy = model.evaluate(splits["test"], verbose=0)
+    mlflow.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy})
+    log_model(model, example_batch=next(iter(splits["validation"]))[0].numpy()[:1])
+    return model
+
+
+def log_model(model: keras.Model, example_batch: np.ndarray) -> None:
+    # mlflow.keras.log_model (3.17) writes the input example before creating its folder;
+    # the tensorflow flavour stores the same .keras file and loads back as a Keras model.
+    signature = infer_signature(example_batch, model.predict(example_batch, verbose=0))
+    mlflow.tensorflow.log_model(
+        model, name=MODEL_NAME, signature=signature, input_example=example_batch,
+        # Naming the requirements skips MLflow's slow inference of them in a subprocess.
+        pip_requirements=[f"tensorflow-cpu=={tf.__version__}", f"keras=={keras.__version__}"],
+    )
