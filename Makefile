@@ -1,0 +1,52 @@
+# celeb-smile: every command a user or CI runs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+REGISTRY ?= localhost:5001
+TRAIN_IMAGE := $(REGISTRY)/celeb-smile-train:0.1.0
+SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2
+NAMESPACE := celeb-smile
+PYTEST_ARGS ?=
+
+.PHONY: help venv test test-unit sweep images deploy port-forward undeploy clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[driver,test]'
+	touch $@
+
+venv: $(BIN)/.installed  ## create .venv with the project, driver and test dependencies
+
+test: venv  ## run every test (cluster tests skip, loudly, when no cluster is reachable)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv  ## run the fast unit tests only
+	$(BIN)/pytest -m "not integration and not docker and not cluster" $(PYTEST_ARGS)
+
+sweep: venv  ## run the default sweep locally (synthetic data, sqlite store in ./mlflow.db)
+	$(BIN)/python driver.py
+
+images:  ## build the training and tracking-server images and push them to $(REGISTRY)
+	docker build -t $(TRAIN_IMAGE) .
+	docker build -t $(SERVER_IMAGE) -f k8s/server/Dockerfile .
+	docker push $(TRAIN_IMAGE)
+	docker push $(SERVER_IMAGE)
+
+deploy:  ## deploy the tracking server and PostgreSQL (k8s/) and wait until they are ready
+	kubectl apply -k k8s/
+	kubectl -n $(NAMESPACE) rollout status deployment/postgres --timeout=300s
+	kubectl -n $(NAMESPACE) rollout status deployment/mlflow --timeout=300s
+
+port-forward:  ## reach the in-cluster tracking server at http://localhost:5000
+	kubectl -n $(NAMESPACE) port-forward service/mlflow 5000:5000
+
+undeploy:  ## delete the namespace with the server, its database and every training Job
+	kubectl delete -k k8s/ --ignore-not-found
+
+clean:  ## remove the local venv, tracking store and caches
+	rm -rf $(VENV) mlruns mlartifacts mlflow.db .pytest_cache *.egg-info
