@@ -26,7 +26,16 @@ def train_main(argv=None) -> int:
     from celeb_smile.training import train
 
     with mlflow.start_run():
-        train(cfg)
+        try:
+            train(cfg)
+        except ValueError as error:  # e.g. the dataset is not where data_dir says
+            mlflow.set_tag(ERROR_TAG, str(error))
+            mlflow.end_run("FAILED")
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        except Exception as error:
+            mlflow.set_tag(ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])
+            raise
     return 0
 
 

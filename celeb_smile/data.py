@@ -4,6 +4,7 @@ Both yield (image uint8 [218, 178, 3], label int32 {0, 1}) examples; the model r
 in-graph, so batches cross into the model as uint8 (4x less to copy than float32).
 """
 
+import numpy as np
 import tensorflow as tf
 
 from celeb_smile import IMAGE_SHAPE
@@ -40,13 +41,24 @@ def batch_pipeline(dataset: tf.data.Dataset, batch_size: int, shuffle_seed=None)
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
 
 
+class DataUnavailable(ValueError):
+    """The requested dataset is not where the configuration says."""
+
+
 def celeb_a_examples(split: str, count: int, data_dir=None) -> tf.data.Dataset:
     """The first `count` CelebA examples of a split, labelled by the 'Smiling' attribute."""
     import tensorflow_datasets as tfds  # heavy import, only needed for the real data
 
-    dataset = tfds.load("celeb_a", split=f"{split}[:{count}]", data_dir=data_dir,
-                        shuffle_files=False)
-    return dataset.map(_image_and_smiling, num_parallel_calls=AUTOTUNE)
+    try:
+        dataset = tfds.load("celeb_a", split=f"{split}[:{count}]", data_dir=data_dir,
+                            shuffle_files=False, download=False)
+    except (AssertionError, FileNotFoundError) as error:  # tfds' "not prepared here"
+        raise DataUnavailable(
+            f"CelebA is not prepared in data_dir {data_dir!r}: run `tfds build celeb_a "
+            f"--data_dir {data_dir}` where CelebA can be downloaded, then mount or copy it"
+        ) from error
+    # take() as well: the slice spares reading other shards, take() holds under mock data too.
+    return dataset.take(count).map(_image_and_smiling, num_parallel_calls=AUTOTUNE)
 
 
 def _image_and_smiling(example):
@@ -72,7 +84,7 @@ def draw_face(seed, index):
     face_x, face_y = rng.uniform(0.38, 0.62) * WIDTH, rng.uniform(0.42, 0.58) * HEIGHT
     radius_x = rng.uniform(0.24, 0.32) * WIDTH
     radius_y = radius_x * rng.uniform(1.15, 1.35)
-    face = ((x - face_x) / radius_x) ** 2 + ((y - face_y) / radius_y) ** 2 <= 1.0
+    face = tf.square((x - face_x) / radius_x) + tf.square((y - face_y) / radius_y) <= 1.0
 
     eye_dx, eye_y = 0.38 * radius_x, face_y - rng.uniform(0.2, 0.35) * radius_y
     eye_r = rng.uniform(0.07, 0.11) * radius_x
@@ -85,13 +97,15 @@ def draw_face(seed, index):
     thickness = rng.uniform(2.5, 4.5)
     u = (x - face_x) / half_width
     # Smiling: the centre of the arc sits lower (larger y) than its corners.
-    arc_y = mouth_y + depth * (1.0 - u ** 2) - depth / 2
+    arc_y = mouth_y + depth * (1.0 - tf.square(u)) - depth / 2
     mouth = tf.logical_and(tf.abs(u) <= 1.0, tf.abs(y - arc_y) <= thickness)
 
-    image = tf.ones([HEIGHT, WIDTH, 3]) * rng.colour(0.0, 1.0)
-    image = _paint(image, face, rng.colour(0.45, 1.0))
-    image = _paint(image, eyes, rng.colour(0.0, 0.3))
-    image = _paint(image, mouth, rng.colour(0.0, 0.45))
+    # Paint background, face, eyes, mouth (each over the last) in one gather of a region map:
+    # the same pixels as four full-image selects, at a fraction of the cost.
+    colours = tf.stack([rng.colour(0.0, 1.0), rng.colour(0.45, 1.0), rng.colour(0.0, 0.3),
+                        rng.colour(0.0, 0.45)])
+    region = tf.where(mouth, 3, tf.where(eyes, 2, tf.where(face, 1, 0)))
+    image = tf.gather(colours, region)
     image += tf.random.stateless_normal([HEIGHT, WIDTH, 3], rng.next_seed(), stddev=0.05)
     image = tf.cast(tf.clip_by_value(image, 0.0, 1.0) * 255.0, tf.uint8)
     return tf.ensure_shape(image, IMAGE_SHAPE), tf.cast(smiling, tf.int32)
@@ -115,15 +129,15 @@ class _StatelessDraws:
         return self.uniform(low, high, shape=[3])
 
 
+# Pixel row and column coordinates, built once (they are the same for every image).
+_ROWS, _COLUMNS = np.meshgrid(np.arange(HEIGHT, dtype=np.float32),
+                              np.arange(WIDTH, dtype=np.float32), indexing="ij")
+
+
 def _pixel_grid():
-    ys, xs = tf.meshgrid(tf.range(HEIGHT, dtype=tf.float32), tf.range(WIDTH, dtype=tf.float32),
-                         indexing="ij")
-    return ys, xs
+    return tf.constant(_ROWS), tf.constant(_COLUMNS)
 
 
 def _disc(x, y, centre_x, centre_y, radius):
-    return (x - centre_x) ** 2 + (y - centre_y) ** 2 <= radius ** 2
-
-
-def _paint(image, mask, colour):
-    return tf.where(mask[..., None], colour, image)
+    # tf.square, not ** 2: Pow is ~10x slower than Mul on CPU, and x * x is exactly x ** 2.
+    return tf.square(x - centre_x) + tf.square(y - centre_y) <= tf.square(radius)
