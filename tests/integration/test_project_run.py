@@ -1,0 +1,100 @@
+"""`mlflow run` of the project against a real tracking server: what a run records."""
+
+import subprocess
+import time
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from celeb_smile import IMAGE_SHAPE
+from celeb_smile.sweep.backends import docker_free_project
+from tests.conftest import BIN_DIR, PROJECT_DIR
+
+pytestmark = pytest.mark.integration
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
+# Settings that learn the synthetic set (see benchmarks/README.md for the timings).
+LEARNING_PARAMS = {"epochs": "4", "training_samples": "1500", "validation_samples": "200",
+                   "convolutions": "2", "batch_size": "32", "dataset": "synthetic"}
+
+
+def mlflow_run(tracking_uri, project_dir, params, experiment, timeout=600):
+    """`mlflow run PROJECT --env-manager local -P ...`; returns the finished process."""
+    argv = [str(BIN_DIR / "mlflow"), "run", str(project_dir), "--env-manager", "local",
+            "--experiment-name", experiment]
+    for name, value in params.items():
+        argv += ["-P", f"{name}={value}"]
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{BIN_DIR}:/usr/bin:/bin"}
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def only_run(tracking_uri, experiment):
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+@pytest.fixture(scope="module")
+def local_project(tmp_path_factory):
+    """The project as `mlflow run --env-manager local` can run it (MLflow runs any project with
+    a docker_env in Docker; tests/docker covers that path)."""
+    return docker_free_project(tmp_path_factory.mktemp("project"))
+
+
+def test_mlflow_run_records_params_epoch_metrics_and_a_loadable_model(
+        mlflow_server, local_project, small_params):
+    result = mlflow_run(mlflow_server, local_project, small_params, "it-run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(mlflow_server, "it-run")
+    assert run.info.status == "FINISHED"
+    for name, value in small_params.items():
+        assert run.data.params[name] == value
+    assert run.data.params["randomize_images"] == "true"  # resolved defaults are logged too
+    for metric in EPOCH_METRICS:
+        history = client.get_metric_history(run.info.run_id, metric)
+        assert sorted(m.step for m in history) == [0, 1], metric
+    assert "test_accuracy" in run.data.metrics
+    mlflow.set_tracking_uri(mlflow_server)
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    images = np.zeros((3, *IMAGE_SHAPE), dtype=np.uint8)
+    assert np.asarray(model.predict(images)).shape == (3, 1)
+
+
+def test_bad_parameter_under_mlflow_run_ends_the_run_failed_with_its_message(
+        mlflow_server, local_project, small_params):
+    result = mlflow_run(mlflow_server, local_project, dict(small_params, epochs="0"), "it-bad")
+    assert result.returncode != 0
+    assert "error: epochs must be a positive integer, got 0" in result.stderr
+    _, run = only_run(mlflow_server, "it-bad")
+    assert run.info.status == "FAILED"
+    assert run.data.tags["celeb_smile.error"] == "epochs must be a positive integer, got 0"
+
+
+def test_missing_celeb_a_fails_the_run_with_a_clear_message(
+        mlflow_server, local_project, small_params, tmp_path):
+    params = dict(small_params, dataset="celeb_a", data_dir=str(tmp_path))
+    result = mlflow_run(mlflow_server, local_project, params, "it-celeba")
+    assert result.returncode != 0
+    _, run = only_run(mlflow_server, "it-celeba")
+    assert run.info.status == "FAILED"
+    assert "CelebA is not prepared" in run.data.tags["celeb_smile.error"]
+
+
+def test_synthetic_set_is_learned_to_90_percent_in_under_a_minute(mlflow_server):
+    """The learning test: the whole `python train.py` process, on this machine's cores."""
+    argv = [str(BIN_DIR / "python"), "train.py"]
+    for name, value in LEARNING_PARAMS.items():
+        argv += [f"--{name}", value]
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "it-learning",
+           "PATH": f"{BIN_DIR}:/usr/bin:/bin"}
+    started = time.monotonic()
+    result = subprocess.run(argv, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                            timeout=300)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(mlflow_server, "it-learning")
+    best = max(m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
+    assert best >= 0.9, f"val_accuracy peaked at {best:.3f}"
+    assert seconds < 60, f"took {seconds:.0f}s"
