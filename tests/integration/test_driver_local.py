@@ -1,0 +1,104 @@
+"""driver.py on the local backend against a real tracking server: nesting, failures, resume,
+best-run registration, plots and cancellation."""
+
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import BIN_DIR, PROJECT_DIR
+
+pytestmark = pytest.mark.integration
+
+
+def driver(tracking_uri, cwd, *args, wait=True):
+    argv = [str(BIN_DIR / "python"), str(PROJECT_DIR / "driver.py"), "--poll-seconds", "1", *args]
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    if not wait:
+        return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+
+
+def runs_of(client, experiment):
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    runs = client.search_runs([experiment_id])
+    parents = [r for r in runs if "celeb_smile.sweep_id" in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def test_sweep_nests_trials_reports_failures_registers_the_best_and_resumes(
+        mlflow_server, tmp_path, small_params):
+    empty_data_dir = tmp_path / "no-celeba"
+    empty_data_dir.mkdir()
+    fixed = ["--experiment", "it-sweep", "--grid", "convolutions=0,1",
+             "--param", f"data_dir={empty_data_dir}",
+             *[a for name in ("epochs", "training_samples", "validation_samples", "batch_size")
+               for a in ("--param", f"{name}={small_params[name]}")]]
+    args = [*fixed, "--grid", "dataset=synthetic,celeb_a"]
+    first = driver(mlflow_server, tmp_path, *args)
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "CelebA is not prepared" in first.stdout
+
+    client = MlflowClient(mlflow_server)
+    (parent,), children = runs_of(client, "it-sweep")
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    statuses = sorted((c.data.params["dataset"], c.info.status) for c in children)
+    assert statuses == [("celeb_a", "FAILED")] * 2 + [("synthetic", "FINISHED")] * 2
+    failed = [c for c in children if c.info.status == "FAILED"]
+    for run in failed:
+        assert "exit code 1" in run.data.tags["celeb_smile.failure_reason"]
+        assert "logs/tail.txt" in [a.path for a in client.list_artifacts(run.info.run_id, "logs")]
+    best_id = parent.data.tags["celeb_smile.best_run_id"]
+    assert best_id in {c.info.run_id for c in children if c.info.status == "FINISHED"}
+    assert client.get_model_version_by_alias("celeb-smile", "champion").run_id == best_id
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert plots == {"plots/objective_per_combination.png", "plots/learning_curves_top.png"}
+    assert parent.info.status == "FAILED"
+
+    again = driver(mlflow_server, tmp_path, *args)  # finished ones skipped, failed ones retried
+    assert again.returncode == 1
+    assert "2 to run, 2 finished earlier" in again.stdout
+    (parent_again,), children = runs_of(client, "it-sweep")
+    assert parent_again.info.run_id == parent.info.run_id
+    assert len(children) == 6
+
+    rerun = driver(mlflow_server, tmp_path, *fixed, "--param", "dataset=synthetic")
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
+    assert "0 to run, 2 finished earlier" in rerun.stdout
+
+
+def test_interrupted_sweep_kills_its_trials_and_exits_cleanly(mlflow_server, tmp_path):
+    process = driver(mlflow_server, tmp_path, "--experiment", "it-cancel",
+                     "--grid", "seed=1,2,3", "--param", "epochs=50",
+                     "--param", "training_samples=256", wait=False)
+    client = MlflowClient(mlflow_server)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            experiment = client.get_experiment_by_name("it-cancel")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if any(r.data.metrics.get("loss") is not None for r in runs):
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("no trial started training within 180s")
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130, output[-3000:]
+    _, children = runs_of(client, "it-cancel")
+    assert len(children) == 2  # max-parallel 2; the third was never submitted
+    assert {c.info.status for c in children} == {"KILLED"}
+    pids = re.findall(r"submitted \(pid (\d+)\)", output)
+    assert len(pids) == 2, output[-3000:]
+    for pid in pids:  # each trial leads its own process group: nothing of it may be left
+        leftover = subprocess.run(["pgrep", "-g", pid], capture_output=True, text=True)
+        assert leftover.returncode == 1, f"processes of trial {pid} left: {leftover.stdout}"
