@@ -1,0 +1,51 @@
+"""The training image: built from the Dockerfile, non-root, and `mlflow run .` in its
+docker environment against a real tracking server."""
+
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.conftest import BIN_DIR, IN_CI, PROJECT_DIR
+
+pytestmark = pytest.mark.docker
+IMAGE = yaml.safe_load((PROJECT_DIR / "MLproject").read_text())["docker_env"]["image"]
+
+
+@pytest.fixture(scope="module")
+def training_image():
+    info = subprocess.run(["docker", "info"], capture_output=True) if shutil.which("docker") else None
+    if info is None or info.returncode != 0:
+        message = "NO DOCKER ENGINE: docker tests skipped (start dockerd; see README)"
+        if IN_CI:
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip("\n" + "!" * 70 + f"\n{message}\n" + "!" * 70)
+    build = subprocess.run(["docker", "build", "-q", "-t", IMAGE, str(PROJECT_DIR)],
+                           capture_output=True, text=True, timeout=1800)
+    assert build.returncode == 0, build.stderr[-3000:]
+    return IMAGE
+
+
+def test_image_runs_as_non_root_with_the_project_inside(training_image):
+    result = subprocess.run(["docker", "run", "--rm", training_image, "sh", "-c",
+                             "id -u && ls MLproject train.py celeb_smile/__init__.py"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0] == "10001"
+
+
+def test_mlflow_run_in_the_docker_environment(training_image, mlflow_server, small_params):
+    argv = [str(BIN_DIR / "mlflow"), "run", str(PROJECT_DIR), "--experiment-name", "docker-run",
+            "-A", "network=host"]
+    for name, value in small_params.items():
+        argv += ["-P", f"{name}={value}"]
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "PATH": f"{BIN_DIR}:/usr/bin:/bin"}
+    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(mlflow_server)
+    (run,) = client.search_runs([client.get_experiment_by_name("docker-run").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["mlflow.project.env"] == "docker"
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
