@@ -124,3 +124,11 @@ def test_summary_ranks_by_objective_and_best_ignores_failed_runs():
 def test_sweep_id_is_stable_and_follows_the_definition():
     assert SweepSpec(grid={"epochs": ["1"]}).sweep_id() == SweepSpec(grid={"epochs": ["1"]}).sweep_id()
     assert SweepSpec(grid={"epochs": ["1"]}).sweep_id() != SweepSpec(grid={"epochs": ["2"]}).sweep_id()
+
+
+def test_the_shipped_example_sweep_file_is_valid():
+    from tests.conftest import PROJECT_DIR
+
+    spec = load_spec_file(PROJECT_DIR / "sweeps" / "example.yaml")
+    validate(spec, remote=True)
+    assert len(spec.trials()) == 6 and spec.max_failures == 2
