@@ -1,0 +1,285 @@
+"""Fixtures for the cluster tests: a reachable Kubernetes cluster, the k8s/ stack deployed on
+it with a port-forward to the tracking server, and clean-up of the training Jobs a test starts.
+
+The cluster is whatever the kubeconfig points at ($KUBECONFIG, ~/.kube/config, or the
+k8s-local env file); its registry must be localhost:5001 (kind's local-registry recipe).
+Without a reachable cluster the tests skip LOUDLY, and fail when CI=true.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import BIN_DIR, IN_CI, PROJECT_DIR, free_port, wait_for_http
+
+NAMESPACE = "celeb-smile"
+LABEL_KEY = "app.kubernetes.io/component"  # the one label key of k8s/ and job_template.yaml
+TRAINING_SELECTOR = f"{LABEL_KEY}=training"
+IN_CLUSTER_TRACKING_URI = f"http://mlflow.{NAMESPACE}.svc.cluster.local:5000"
+K8S_LOCAL_ENV_FILE = Path("/var/lib/k8s-local/env.sh")
+NO_CLUSTER = (
+    "NO KUBERNETES CLUSTER REACHABLE: cluster tests skipped. Start one (README: kind with the "
+    "localhost:5001 registry, or `source \"$(../shared/k8s-local/up)\"`) and set KUBECONFIG."
+)
+
+
+def _env_from_file(path: Path) -> dict[str, str]:
+    """The environment after `source path` (a shell file of exports, like k8s-local's env.sh)."""
+    result = subprocess.run(["bash", "-c", 'source "$1" >/dev/null && env -0', "bash", str(path)],
+                            capture_output=True, check=True, timeout=30)
+    pairs = (item.split("=", 1) for item in result.stdout.decode().split("\0") if "=" in item)
+    return dict(pairs)
+
+
+def kube_environment() -> tuple[dict[str, str], str]:
+    """(env for subprocesses, where its kubeconfig came from)."""
+    env = dict(os.environ)
+    if env.get("KUBECONFIG"):
+        return env, "$KUBECONFIG"
+    if Path("~/.kube/config").expanduser().is_file():
+        return env, "~/.kube/config"
+    if K8S_LOCAL_ENV_FILE.is_file():
+        sourced = _env_from_file(K8S_LOCAL_ENV_FILE)
+        env.update({key: sourced[key] for key in ("KUBECONFIG", "PATH") if key in sourced})
+        return env, str(K8S_LOCAL_ENV_FILE)
+    return env, ""
+
+
+@pytest.fixture(scope="session")
+def kube_env() -> dict[str, str]:
+    """Environment for subprocesses in which `kubectl` (and MLflow's kubernetes client) reach
+    the cluster. Skips loudly without a cluster; fails instead when CI=true."""
+    env, source = kube_environment()
+    problem = None
+    if not source:
+        problem = "no kubeconfig ($KUBECONFIG, ~/.kube/config, /var/lib/k8s-local/env.sh)"
+    elif shutil.which("kubectl", path=env.get("PATH")) is None:
+        problem = f"kubectl is not on PATH (kubeconfig from {source})"
+    else:
+        try:
+            nodes = subprocess.run(["kubectl", "get", "nodes", "--request-timeout=15s"], env=env,
+                                   capture_output=True, text=True, timeout=30)
+            if nodes.returncode != 0:
+                problem = f"`kubectl get nodes` failed (kubeconfig from {source}): {nodes.stderr.strip()}"
+        except subprocess.TimeoutExpired:
+            problem = f"`kubectl get nodes` timed out (kubeconfig from {source})"
+    if problem:
+        message = f"{NO_CLUSTER}\n  reason: {problem}"
+        if IN_CI:
+            pytest.fail(f"CI=true and {message}", pytrace=False)
+        pytest.skip("\n" + "!" * 78 + f"\n{message}\n" + "!" * 78)
+    return env
+
+
+def kubectl(env, *args, check=True, timeout=180, input=None) -> subprocess.CompletedProcess:
+    """Run kubectl; on failure (check=True) fail the test with its output."""
+    result = subprocess.run(["kubectl", *args], env=env, capture_output=True, text=True,
+                            timeout=timeout, input=input)
+    if check and result.returncode != 0:
+        pytest.fail(f"kubectl {' '.join(args)} exited {result.returncode}:\n"
+                    f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}", pytrace=False)
+    return result
+
+
+def make(env, target: str, timeout: float) -> None:
+    result = subprocess.run(["make", target], cwd=PROJECT_DIR, env=env, capture_output=True,
+                            text=True, timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f"`make {target}` exited {result.returncode}:\n"
+                    f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}", pytrace=False)
+
+
+class PortForward:
+    """`kubectl port-forward service/mlflow PORT:5000`, restartable: a port-forward to a
+    Service is bound to one pod and dies with it, so after a server restart call reconnect()."""
+
+    def __init__(self, env, log_path: Path):
+        self.env = env
+        self.log_path = log_path
+        self.port = free_port()
+        self.process = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            self.stop()
+            log = open(self.log_path, "a")
+            self.process = subprocess.Popen(
+                ["kubectl", "-n", NAMESPACE, "port-forward", "service/mlflow", f"{self.port}:5000"],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT)
+            log.close()
+            try:
+                wait_for_http(f"{self.uri}/health", timeout=20, process=self.process)
+                return
+            except (RuntimeError, TimeoutError):
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise AssertionError(f"port-forward to service/mlflow never answered:\n"
+                                         f"{self.log_path.read_text()[-2000:]}")
+                time.sleep(2)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@dataclass
+class ClusterStack:
+    env: dict
+    port_forward: PortForward
+    namespace: str = NAMESPACE
+    in_cluster_tracking_uri: str = IN_CLUSTER_TRACKING_URI
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.port_forward.uri
+
+    def kubectl(self, *args, **kwargs) -> subprocess.CompletedProcess:
+        return kubectl(self.env, "-n", self.namespace, *args, **kwargs)
+
+    def wait_ready(self, timeout: int = 300) -> None:
+        for deployment in ("postgres", "mlflow"):
+            self.kubectl("rollout", "status", f"deployment/{deployment}", f"--timeout={timeout}s",
+                         timeout=timeout + 30)
+
+    def reconnect(self) -> None:
+        """Wait for the server to be ready again and restart the port-forward (same port)."""
+        self.wait_ready()
+        self.port_forward.start(timeout=120)
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(kube_env, tmp_path_factory):
+    """`make images deploy`, then a port-forward to the tracking server. The stack stays deployed
+    afterwards (`make undeploy` removes it)."""
+    make(kube_env, "images", timeout=1800)
+    make(kube_env, "deploy", timeout=700)
+    log_path = tmp_path_factory.mktemp("port-forward") / "port-forward.log"
+    stack = ClusterStack(env=kube_env, port_forward=PortForward(kube_env, log_path))
+    stack.port_forward.start(timeout=120)
+    try:
+        yield stack
+    finally:
+        stack.port_forward.stop()
+
+
+# --- training Jobs ----------------------------------------------------------------------------
+
+JOB_NAME_PATTERN = re.compile(r"=== Creating Job (\S+) ===")
+RUN_ID_PATTERN = re.compile(r"Run \(ID '([0-9a-f]{32})'\)")
+
+
+@dataclass
+class TrainingJobs:
+    """The Jobs one test created; cleanup() deletes them with their pods and asserts that none
+    are left. Jobs are tracked by name (from MLflow's output) rather than deleted by label, so
+    a test never removes the Jobs of anyone else using the cluster."""
+
+    stack: ClusterStack
+    names: list = field(default_factory=list)
+
+    def track_output(self, output: str) -> list[str]:
+        found = JOB_NAME_PATTERN.findall(output)
+        self.names.extend(name for name in found if name not in self.names)
+        return found
+
+    def remaining(self) -> list[str]:
+        if not self.names:
+            return []
+        jobs = self.stack.kubectl("get", "jobs", "-l", TRAINING_SELECTOR, "-o", "name").stdout.split()
+        pods = self.stack.kubectl("get", "pods", "-l", f"job-name in ({','.join(self.names)})",
+                                  "-o", "name").stdout.split()
+        return [job for job in jobs if job.split("/", 1)[1] in self.names] + pods
+
+    def cleanup(self) -> None:
+        if not self.names:
+            return
+        self.stack.kubectl("delete", "jobs", *self.names, "--ignore-not-found", "--wait=true",
+                           "--timeout=120s", check=False, timeout=150)
+        self.stack.kubectl("delete", "pods", "-l", f"job-name in ({','.join(self.names)})",
+                           "--ignore-not-found", "--wait=true", "--timeout=120s", check=False,
+                           timeout=150)
+        deadline = time.monotonic() + 60
+        while (left := self.remaining()) and time.monotonic() < deadline:
+            time.sleep(2)
+        assert not left, f"training Jobs/pods left behind after clean-up: {left}"
+
+
+@pytest.fixture
+def training_jobs(cluster_stack):
+    """Track the Jobs a test starts (jobs.track_output(mlflow_output)); deleted afterwards."""
+    jobs = TrainingJobs(cluster_stack)
+    try:
+        yield jobs
+    finally:
+        jobs.cleanup()
+
+
+@dataclass
+class ProjectRun:
+    returncode: int
+    output: str
+    run_id: str | None
+    job_names: list
+
+
+def mlflow_run_on_cluster(stack: ClusterStack, jobs: TrainingJobs, params: dict[str, str],
+                          experiment_id: str, timeout: float = 600) -> ProjectRun:
+    """`mlflow run . --backend kubernetes --backend-config kubernetes_config.json -P ...`, as a
+    user would, waiting for the Job. The run is created through the port-forward; the pod
+    reports to the in-cluster address."""
+    command = [str(BIN_DIR / "mlflow"), "run", str(PROJECT_DIR), "--backend", "kubernetes",
+               "--backend-config", str(PROJECT_DIR / "kubernetes_config.json"),
+               "--experiment-id", experiment_id]
+    for name, value in params.items():
+        command += ["-P", f"{name}={value}"]
+    env = dict(stack.env, MLFLOW_TRACKING_URI=stack.tracking_uri,
+               KUBE_MLFLOW_TRACKING_URI=stack.in_cluster_tracking_uri)
+    try:
+        result = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                                timeout=timeout)
+        output, returncode = result.stdout + result.stderr, result.returncode
+    except subprocess.TimeoutExpired as error:
+        output = (error.stdout or b"").decode() + (error.stderr or b"").decode()
+        jobs.track_output(output)
+        raise AssertionError(f"mlflow run did not finish within {timeout}s:\n{output[-4000:]}")
+    job_names = jobs.track_output(output)
+    run_ids = RUN_ID_PATTERN.findall(output)
+    return ProjectRun(returncode, output, run_ids[-1] if run_ids else None, job_names)
+
+
+def job_pod_logs(stack: ClusterStack, job_name: str) -> str:
+    return stack.kubectl("logs", f"job/{job_name}", "--tail=60", check=False).stdout
+
+
+def job_pods(stack: ClusterStack, job_name: str) -> list[dict]:
+    result = stack.kubectl("get", "pods", "-l", f"job-name={job_name}", "-o", "json")
+    return json.loads(result.stdout)["items"]
+
+
+def http_status(url: str, host: str | None = None) -> int:
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
