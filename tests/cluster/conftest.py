@@ -69,7 +69,8 @@ def kube_env() -> dict[str, str]:
             nodes = subprocess.run(["kubectl", "get", "nodes", "--request-timeout=15s"], env=env,
                                    capture_output=True, text=True, timeout=30)
             if nodes.returncode != 0:
-                problem = f"`kubectl get nodes` failed (kubeconfig from {source}): {nodes.stderr.strip()}"
+                last_line = (nodes.stderr.strip().splitlines() or ["no output"])[-1]
+                problem = f"`kubectl get nodes` failed (kubeconfig from {source}): {last_line}"
         except subprocess.TimeoutExpired:
             problem = f"`kubectl get nodes` timed out (kubeconfig from {source})"
     if problem:
