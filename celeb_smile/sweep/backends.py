@@ -80,6 +80,9 @@ class LocalTrial:
     def cancel(self) -> None:
         self.submitted.cancel()
 
+    def release(self) -> None:
+        pass  # the process has exited
+
     def log_tail(self) -> str:
         return _tail(self.log_path.read_text(errors="replace")) if self.log_path.exists() else ""
 
@@ -132,9 +135,16 @@ class KubernetesTrial:
         self.namespace = namespace
         self._core = core_api
         self._batch = batch_api
+        self.stuck = False
 
     def describe(self) -> str:
         return f"job {self.job_name}"
+
+    def release(self) -> None:
+        """After a failure: a Job stuck on its image would retry forever, so delete it; a Job
+        that ran keeps its pod (and log) until ttlSecondsAfterFinished."""
+        if self.stuck:
+            self.cancel()
 
     def poll(self) -> TrialState:
         job = self._batch.read_namespaced_job_status(self.job_name, self.namespace)
@@ -142,10 +152,13 @@ class KubernetesTrial:
             if condition.status == "True" and condition.type == "Complete":
                 return TrialState("FINISHED")
             if condition.status == "True" and condition.type == "Failed":
+                if condition.reason == "DeadlineExceeded":
+                    return TrialState("FAILED", f"DeadlineExceeded: {condition.message}")
                 return TrialState("FAILED", self._pod_reason() or condition.reason or "Failed")
         for pod in self._pods():
             stuck = _stuck_reason(pod)
             if stuck:
+                self.stuck = True
                 return TrialState("FAILED", stuck)
             if pod.status.phase == "Running":
                 return TrialState("RUNNING")

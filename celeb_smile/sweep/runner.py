@@ -192,6 +192,7 @@ class Sweep:
                 self.client.log_text(trial.run_id, tail, "logs/tail.txt")
         except Exception as error:
             self.progress.event(trial, f"no log tail: {error}")
+        trial.handle.release()
         if run.info.status not in TERMINAL:
             self.client.set_terminated(trial.run_id, "KILLED" if trial.state == "KILLED"
                                        else "FAILED")
