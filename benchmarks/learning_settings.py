@@ -26,7 +26,7 @@ from celeb_smile.config import config_from_params  # noqa: E402
 from celeb_smile.training import train  # noqa: E402
 from machine import print_machine  # noqa: E402
 
-SETTINGS = {"dataset": "synthetic", "epochs": "8", "training_samples": "1500",
+SETTINGS = {"dataset": "synthetic", "epochs": "8", "training_samples": "2000",
             "validation_samples": "300", "batch_size": "32", "convolutions": "1",
             "learning_rate": "0.001"}
 
