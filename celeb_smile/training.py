@@ -6,8 +6,10 @@ import keras
 import mlflow
 import numpy as np
 import tensorflow as tf
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
+from mlflow.types.schema import Schema, TensorSpec
 
+from celeb_smile import IMAGE_SHAPE
 from celeb_smile.config import TrainConfig
 from celeb_smile.data import load_splits
 from celeb_smile.model import build_model, compile_model
@@ -46,7 +48,10 @@ def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
 def log_model(model: keras.Model, example_batch: np.ndarray) -> None:
     # mlflow.keras.log_model (3.17) writes the input example before creating its folder;
     # the tensorflow flavour stores the same .keras file and loads back as a Keras model.
-    signature = infer_signature(example_batch, model.predict(example_batch, verbose=0))
+    # The signature is spelled out: inferring it imports scipy, which mlflow-skinny lacks.
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *IMAGE_SHAPE), "image")]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 1), "smiling")]))
     mlflow.tensorflow.log_model(
         model, name=MODEL_NAME, signature=signature, input_example=example_batch,
         # Naming the requirements skips MLflow's slow inference of them in a subprocess.

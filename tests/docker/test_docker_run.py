@@ -4,10 +4,12 @@ docker environment against a real tracking server."""
 import shutil
 import subprocess
 
+import mlflow
 import pytest
 import yaml
 from mlflow import MlflowClient
 
+from celeb_smile import IMAGE_SHAPE
 from tests.conftest import BIN_DIR, IN_CI, PROJECT_DIR
 
 pytestmark = pytest.mark.docker
@@ -49,3 +51,6 @@ def test_mlflow_run_in_the_docker_environment(training_image, mlflow_server, sma
     assert run.info.status == "FINISHED"
     assert run.data.tags["mlflow.project.env"] == "docker"
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
+    mlflow.set_tracking_uri(mlflow_server)  # the model logged from inside the image loads here
+    model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
+    assert model.metadata.signature.inputs.inputs[0].shape == (-1, *IMAGE_SHAPE)
