@@ -9,7 +9,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import BIN_DIR, PROJECT_DIR
+from tests.conftest import BIN_DIR, PROJECT_DIR, interrupt_when_training, sweep_runs
 
 pytestmark = pytest.mark.cluster
 TINY = ["--param", "epochs=2", "--param", "training_samples=64",
@@ -34,13 +34,9 @@ def run_driver(stack, jobs, *args, timeout=900):
     return result
 
 
-def sweep_runs(stack, experiment):
+def runs_on(stack, experiment):
     client = MlflowClient(stack.tracking_uri)
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs = client.search_runs([experiment_id])
-    parents = [r for r in runs if "celeb_smile.sweep_id" in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, parents, children
+    return (client, *sweep_runs(client, experiment))
 
 
 def test_four_combinations_two_at_a_time_then_rerun_is_a_no_op(cluster_stack, training_jobs):
@@ -51,7 +47,7 @@ def test_four_combinations_two_at_a_time_then_rerun_is_a_no_op(cluster_stack, tr
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-3000:]
     assert "built and pushed" in first.stdout  # once for the whole sweep
     assert len(training_jobs.names) == 4
-    client, (parent,), children = sweep_runs(cluster_stack, experiment)
+    client, (parent,), children = runs_on(cluster_stack, experiment)
     assert len(children) == 4
     assert {c.info.status for c in children} == {"FINISHED"}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
@@ -65,7 +61,7 @@ def test_four_combinations_two_at_a_time_then_rerun_is_a_no_op(cluster_stack, tr
     assert again.returncode == 0, again.stdout[-3000:]
     assert "0 to run, 4 finished earlier" in again.stdout
     assert len(training_jobs.names) == 4  # no new Job
-    assert len(sweep_runs(cluster_stack, experiment)[2]) == 4
+    assert len(runs_on(cluster_stack, experiment)[2]) == 4
 
 
 def test_failing_combination_is_reported_with_its_reason_while_others_finish(
@@ -76,7 +72,7 @@ def test_failing_combination_is_reported_with_its_reason_while_others_finish(
                         "--grid", "dataset=synthetic,celeb_a", *TINY)
     assert result.returncode == 1, result.stdout[-4000:]
     assert "exit code 1" in result.stdout and "CelebA is not prepared" in result.stdout
-    client, _, children = sweep_runs(cluster_stack, experiment)
+    client, _, children = runs_on(cluster_stack, experiment)
     by_dataset = {c.data.params["dataset"]: c for c in children}
     assert by_dataset["synthetic"].info.status == "FINISHED"
     failed = by_dataset["celeb_a"]
@@ -93,27 +89,12 @@ def test_interrupted_sweep_deletes_its_jobs_and_pods(cluster_stack, training_job
                        "--param", "epochs=100", "--param", "training_samples=256"),
         cwd=PROJECT_DIR, env=driver_env(cluster_stack), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
-    output = ""
-    try:
-        client = MlflowClient(cluster_stack.tracking_uri)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            exp = client.get_experiment_by_name(experiment)
-            runs = client.search_runs([exp.experiment_id]) if exp else []
-            if sum(r.data.metrics.get("loss") is not None for r in runs) >= 1:
-                break
-            time.sleep(2)
-        else:
-            pytest.fail("no trial started training within 300s")
-        process.send_signal(signal.SIGTERM)
-        output, _ = process.communicate(timeout=180)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            output += process.communicate()[0]
-        training_jobs.names.extend(JOB_PATTERN.findall(output))
+    client = MlflowClient(cluster_stack.tracking_uri)
+    trained, output = interrupt_when_training(process, client, experiment, signal.SIGTERM, 300)
+    training_jobs.names.extend(JOB_PATTERN.findall(output))  # cleaned up whatever happens
+    assert trained, f"no trial trained an epoch within 300s:\n{output[-3000:]}"
     assert process.returncode == 130, output[-4000:]
     assert len(training_jobs.names) == 2
     assert training_jobs.remaining() == []  # deleted by the driver, not by the clean-up
-    _, _, children = sweep_runs(cluster_stack, experiment)
+    _, _, children = runs_on(cluster_stack, experiment)
     assert {c.info.status for c in children} == {"KILLED"}

@@ -2,7 +2,6 @@
 training Job template) pass the API server's validation."""
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

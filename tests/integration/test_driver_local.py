@@ -4,12 +4,11 @@ best-run registration, plots and cancellation."""
 import re
 import signal
 import subprocess
-import time
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import BIN_DIR, PROJECT_DIR
+from tests.conftest import BIN_DIR, PROJECT_DIR, interrupt_when_training, sweep_runs
 
 pytestmark = pytest.mark.integration
 
@@ -21,14 +20,6 @@ def driver(tracking_uri, cwd, *args, wait=True):
         return subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-
-
-def runs_of(client, experiment):
-    experiment_id = client.get_experiment_by_name(experiment).experiment_id
-    runs = client.search_runs([experiment_id])
-    parents = [r for r in runs if "celeb_smile.sweep_id" in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return parents, children
 
 
 def test_sweep_nests_trials_reports_failures_registers_the_best_and_resumes(
@@ -45,7 +36,7 @@ def test_sweep_nests_trials_reports_failures_registers_the_best_and_resumes(
     assert "CelebA is not prepared" in first.stdout
 
     client = MlflowClient(mlflow_server)
-    (parent,), children = runs_of(client, "it-sweep")
+    (parent,), children = sweep_runs(client, "it-sweep")
     assert len(children) == 4
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     statuses = sorted((c.data.params["dataset"], c.info.status) for c in children)
@@ -64,7 +55,7 @@ def test_sweep_nests_trials_reports_failures_registers_the_best_and_resumes(
     again = driver(mlflow_server, tmp_path, *args)  # finished ones skipped, failed ones retried
     assert again.returncode == 1
     assert "2 to run, 2 finished earlier" in again.stdout
-    (parent_again,), children = runs_of(client, "it-sweep")
+    (parent_again,), children = sweep_runs(client, "it-sweep")
     assert parent_again.info.run_id == parent.info.run_id
     assert len(children) == 6
 
@@ -78,23 +69,10 @@ def test_interrupted_sweep_kills_its_trials_and_exits_cleanly(mlflow_server, tmp
                      "--grid", "seed=1,2,3", "--param", "epochs=50",
                      "--param", "training_samples=256", wait=False)
     client = MlflowClient(mlflow_server)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            experiment = client.get_experiment_by_name("it-cancel")
-            runs = client.search_runs([experiment.experiment_id]) if experiment else []
-            if any(r.data.metrics.get("loss") is not None for r in runs):
-                break
-            time.sleep(1)
-        else:
-            pytest.fail("no trial started training within 180s")
-        process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            process.kill()
+    trained, output = interrupt_when_training(process, client, "it-cancel", signal.SIGINT, 180)
+    assert trained, f"no trial trained an epoch within 180s:\n{output[-3000:]}"
     assert process.returncode == 130, output[-3000:]
-    _, children = runs_of(client, "it-cancel")
+    _, children = sweep_runs(client, "it-cancel")
     assert len(children) == 2  # max-parallel 2; the third was never submitted
     assert {c.info.status for c in children} == {"KILLED"}
     pids = re.findall(r"submitted \(pid (\d+)\)", output)
