@@ -25,6 +25,7 @@ def train_main(argv=None) -> int:
 
     from celeb_smile.training import train
 
+    print("config: " + " ".join(f"{k}={v}" for k, v in cfg.as_params().items()), flush=True)
     with mlflow.start_run():
         try:
             train(cfg)
