@@ -25,7 +25,7 @@ DISTRIBUTIONS = ("choice", "uniform", "loguniform", "randint")
 SPEC_KEYS = {"experiment", "objective", "params", "grid", "random", "max_parallel", "max_failures"}
 
 # The embedded default: a small sweep that finishes in a couple of minutes on a laptop.
-DEFAULT_PARAMS = {"epochs": "3", "training_samples": "600", "validation_samples": "200"}
+DEFAULT_PARAMS = {"epochs": "5", "training_samples": "1000", "validation_samples": "200"}
 DEFAULT_GRID = {"convolutions": ["1", "2"], "randomize_images": ["true", "false"]}
 
 

@@ -15,8 +15,8 @@ from tests.conftest import BIN_DIR, PROJECT_DIR
 pytestmark = pytest.mark.integration
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # Settings that learn the synthetic set (see benchmarks/README.md for the timings).
-LEARNING_PARAMS = {"epochs": "4", "training_samples": "1500", "validation_samples": "200",
-                   "convolutions": "2", "batch_size": "32", "dataset": "synthetic"}
+LEARNING_PARAMS = {"epochs": "8", "training_samples": "2000", "validation_samples": "300",
+                   "convolutions": "1", "batch_size": "32", "dataset": "synthetic"}
 
 
 def mlflow_run(tracking_uri, project_dir, params, experiment, timeout=600):
