@@ -132,6 +132,8 @@ def driver_main(argv=None) -> int:
 
     args = build_driver_parser().parse_args(argv)
     console = Console()
+    if not console.is_terminal:  # logs and CI: wide enough for the summary table
+        console = Console(width=160)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     remote = args.backend == "kubernetes"
     if not os.environ.get("MLFLOW_TRACKING_URI"):

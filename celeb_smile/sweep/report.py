@@ -113,14 +113,17 @@ def save_plots(rows, spec, client, out_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metric, varying = spec.objective.metric, spec.varying()
     scored = [t for t in rows if metric in t.metrics]
 
     fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(scored), 2) + 1.2))
-    ax.barh([f"{t.name}: {label(t, varying)}" for t in scored],
-            [t.metrics[metric] for t in scored], color="tab:blue")
+    bars = ax.barh([f"{t.name}: {label(t, varying)}" for t in scored],
+                   [t.metrics[metric] for t in scored], color="tab:blue")
+    ax.bar_label(bars, fmt="%.4f", padding=3)
+    ax.margins(x=0.15)
     ax.invert_yaxis()
     ax.set_xlabel(metric)
     ax.set_title(f"{metric} per combination (best first)")
@@ -134,6 +137,7 @@ def save_plots(rows, spec, client, out_dir: Path) -> list[Path]:
         history = sorted(client.get_metric_history(trial.run_id, metric), key=lambda m: m.step)
         ax.plot([m.step + 1 for m in history], [m.value for m in history], marker="o",
                 label=f"{trial.name}: {label(trial, varying)}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"learning curves of the top {min(TOP_CURVES, len(scored))} runs")
