@@ -12,6 +12,11 @@ COPY pyproject.toml /tmp/celeb-smile/
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/celeb-smile/pyproject.toml','rb'))['project']['dependencies']))" \
       > /tmp/requirements.txt \
  && pip install --no-cache-dir -r /tmp/requirements.txt \
+ # Not needed to train or serve (~395 MB): TensorFlow's C++ headers (for building custom
+ # ops), pandas' own test suite, and libclang (TensorFlow's op-generation tooling).
+ && SITE=$(python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") \
+ && rm -rf "$SITE/tensorflow/include" "$SITE/pandas/tests" \
+ && pip uninstall -y -q libclang \
  && rm -rf /tmp/celeb-smile /tmp/requirements.txt \
  && useradd --uid 10001 --create-home --home-dir /home/trainer trainer
 

@@ -27,20 +27,20 @@ import multiprocessing
 import os
 import pwd
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import print_machine  # noqa: E402
 
-BIN_DIR = os.path.dirname(sys.executable)  # the venv running this script: its mlflow
-LOOPBACK = "127.0.0.1"
+from celeb_smile import local_server  # noqa: E402
+from celeb_smile.local_server import LOOPBACK, free_port  # noqa: E402
+
 
 
 def emit(name: str, value) -> None:
@@ -49,55 +49,8 @@ def emit(name: str, value) -> None:
     print(f"{name}: {value}", flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOOPBACK, 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, timeout: float, process=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process serving {url} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
-# ---------------------------------------------------------------- servers
-
-
-@contextlib.contextmanager
 def mlflow_server(backend_store_uri: str, root: str, workers: int):
-    port = free_port()
-    log_path = os.path.join(root, f"mlflow-server-{port}.log")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [os.path.join(BIN_DIR, "mlflow"), "server", "--host", LOOPBACK, "--port", str(port),
-             "--backend-store-uri", backend_store_uri,
-             "--default-artifact-root", os.path.join(root, "artifacts"),
-             "--workers", str(workers)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        uri = f"http://{LOOPBACK}:{port}"
-        try:
-            wait_for_http(f"{uri}/health", timeout=180, process=process)
-            yield uri
-        except Exception:
-            with open(log_path) as text:
-                sys.stderr.write(text.read()[-3000:])
-            raise
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, 15)  # the server and its worker processes
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, 9)
-                process.wait(timeout=10)
+    return local_server.mlflow_server(backend_store_uri, Path(root), workers)
 
 
 def postgres_bin(name: str) -> str | None:

@@ -1,14 +1,15 @@
 """Shared fixtures: a small training configuration and a real MLflow tracking server."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from celeb_smile import local_server
+from celeb_smile.local_server import free_port, wait_for_http  # noqa: F401 (for tests/cluster)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent  # the venv running pytest: its mlflow, its python
@@ -30,47 +31,13 @@ def small_params() -> dict[str, str]:
     return dict(SMALL_PARAMS)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_http(url: str, timeout: float = 60.0, process=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process serving {url} exited with {process.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
-
-
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """A real `mlflow server` (sqlite store, served artifacts) on a free port; yields its URI."""
+    """A real `mlflow server` (sqlite store, served artifacts) on a free port; yields its URI.
+    Containers started with --network host reach it at the same address."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = free_port()
-    host = "0.0.0.0"  # also reachable from containers on the host network
-    log = open(root / "server.log", "w")
-    process = subprocess.Popen(
-        [str(BIN_DIR / "mlflow"), "server", "--host", host, "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db",
-         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        wait_for_http(f"{uri}/health", timeout=90, process=process)
+    with local_server.mlflow_server(f"sqlite:///{root}/mlflow.db", root) as uri:
         yield uri
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def sweep_runs(client, experiment: str):
