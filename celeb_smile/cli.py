@@ -81,8 +81,8 @@ def build_driver_parser():
     add("--max-failures", type=int, metavar="N",
         help="stop submitting once more than N trials failed (default: never stop)")
     add("--backend", choices=("local", "kubernetes"), default="local")
-    add("--backend-config", metavar="FILE", default="kubernetes_config.json",
-        help="kubernetes backend config (default kubernetes_config.json)")
+    add("--backend-config", metavar="FILE",
+        help="kubernetes backend config (default: the project's kubernetes_config.json)")
     add("--cluster-tracking-uri", metavar="URI",
         help="tracking URI as pods see it (default $KUBE_MLFLOW_TRACKING_URI or "
              f"{DEFAULT_CLUSTER_TRACKING_URI})")
@@ -126,9 +126,9 @@ def driver_main(argv=None) -> int:
     import mlflow
     from rich.console import Console
 
-    from celeb_smile.sweep.backends import KubernetesBackend, LocalBackend
+    from celeb_smile.sweep.backends import KubernetesBackend, LocalBackend, PreparationError
     from celeb_smile.sweep.runner import Sweep
-    from celeb_smile.sweep.spec import validate
+    from celeb_smile.sweep.spec import PROJECT_DIR, validate
 
     args = build_driver_parser().parse_args(argv)
     console = Console()
@@ -152,14 +152,38 @@ def driver_main(argv=None) -> int:
         if remote:
             cluster_uri = (args.cluster_tracking_uri or os.environ.get("KUBE_MLFLOW_TRACKING_URI")
                            or DEFAULT_CLUSTER_TRACKING_URI)
-            backend = KubernetesBackend(Path(args.backend_config), cluster_uri,
+            config_path = Path(args.backend_config or PROJECT_DIR / "kubernetes_config.json")
+            backend = KubernetesBackend(config_path, cluster_uri,
                                         build=not args.no_build)
         else:
             backend = LocalBackend(Path(".sweep") / spec.sweep_id())
+        _check_reachable(mlflow.get_tracking_uri())
     except ValueError as error:
         return fail(str(error))
     console.print(f"tracking: {mlflow.get_tracking_uri()}  experiment: {spec.experiment}")
-    return Sweep(spec, backend, console, rerun=args.rerun, poll_seconds=args.poll_seconds).run()
+    sweep = Sweep(spec, backend, console, rerun=args.rerun, poll_seconds=args.poll_seconds)
+    try:
+        return sweep.run()
+    except KeyboardInterrupt:  # while preparing (e.g. building the image): nothing submitted
+        print("interrupted before any trial was submitted", file=sys.stderr)
+        return 130
+    except PreparationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _check_reachable(tracking_uri: str) -> None:
+    """A tracking server that does not answer fails the sweep now, in one line."""
+    import urllib.request
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10):
+            pass
+    except OSError as error:
+        raise ValueError(f"tracking server {tracking_uri} does not answer ({error}); "
+                         "is it running (and `make port-forward`)?") from None
 
 
 def _is_local_store(uri: str) -> bool:

@@ -106,8 +106,13 @@ class KubernetesBackend:
 
     def prepare(self, console) -> None:
         from kubernetes import client, config
+        from kubernetes.config.config_exception import ConfigException
 
-        config.load_kube_config(context=self.backend_config.get("kube-context"))
+        try:
+            config.load_kube_config(context=self.backend_config.get("kube-context"))
+        except (ConfigException, OSError) as error:
+            raise PreparationError(f"no usable kubeconfig (KUBECONFIG or ~/.kube/config): "
+                                   f"{error}") from None
         self._core, self._batch = client.CoreV1Api(), client.BatchV1Api()
         # MLflow's kubernetes backend hands this to every pod as MLFLOW_TRACKING_URI.
         os.environ["KUBE_MLFLOW_TRACKING_URI"] = self.cluster_tracking_uri
@@ -251,10 +256,19 @@ def _project_image() -> str:
     return load_project(str(PROJECT_DIR)).docker_env["image"]
 
 
+class PreparationError(RuntimeError):
+    """The backend cannot start trials (no cluster access, the image does not build...)."""
+
+
 def _docker(*args: str) -> None:
-    result = subprocess.run(["docker", *args], capture_output=True, text=True)
+    try:
+        result = subprocess.run(["docker", *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise PreparationError("docker is not installed (needed to build the training image; "
+                               "or pass --no-build)") from None
     if result.returncode != 0:
-        raise RuntimeError(f"docker {args[0]} failed: {_tail(result.stderr or result.stdout, 5)}")
+        raise PreparationError(
+            f"docker {args[0]} failed: {_tail(result.stderr or result.stdout, 5)}")
 
 
 def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:

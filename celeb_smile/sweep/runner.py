@@ -70,9 +70,9 @@ class Sweep:
         self.console.print(f"sweep {self.spec.sweep_id()}: {len(self.trials)} combinations, "
                            f"{len(todo)} to run, {len(self.trials) - len(todo)} finished earlier; "
                            f"backend {self.backend.name}, at most {self.spec.max_parallel} at once")
+        if todo:  # before the parent run: a sweep that cannot start leaves no trace
+            self.backend.prepare(self.console)
         with self._parent_run(experiment_id) as parent:
-            if todo:
-                self.backend.prepare(self.console)
             with _signals_set(self._request_stop):
                 self._run_trials(experiment_id)
             status = self._final_status()

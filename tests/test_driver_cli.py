@@ -1,0 +1,51 @@
+"""driver.py refuses, in one line and before creating anything, what cannot work."""
+
+import pytest
+
+from celeb_smile.cli import driver_main
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return tmp_path
+
+
+def error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "convolutions=1,-2"], "error: convolutions must be 0 or more, got -2"),
+    (["--param", "epochs"], "error: expected NAME=VALUE, got 'epochs'"),
+    (["--sweep", "missing.yaml"], "error: cannot read sweep file missing.yaml"),
+])
+def test_bad_sweeps_exit_2_without_creating_a_store(in_tmp, capsys, argv, message):
+    assert driver_main(argv) == 2
+    assert error_line(capsys).startswith(message)
+    assert list(in_tmp.iterdir()) == []
+
+
+def test_kubernetes_needs_a_tracking_server(in_tmp, capsys, monkeypatch):
+    assert driver_main(["--backend", "kubernetes"]) == 2
+    assert "needs a tracking server" in error_line(capsys)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp}/mlflow.db")
+    assert driver_main(["--backend", "kubernetes"]) == 2
+    assert "pods cannot reach" in error_line(capsys)
+
+
+def test_unreachable_tracking_server_fails_in_one_line(in_tmp, capsys, monkeypatch):
+    from tests.conftest import free_port
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    assert driver_main(["--backend", "kubernetes", "--no-build"]) == 2
+    assert "does not answer" in error_line(capsys)
+
+
+def test_missing_backend_config_is_reported(in_tmp, capsys, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
+    assert driver_main(["--backend", "kubernetes", "--backend-config", "nope.json"]) == 2
+    assert error_line(capsys).startswith("error: cannot read backend config nope.json")
