@@ -7,8 +7,10 @@ answers, for that trial: what state is it in and why, how to stop it, what did i
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from celeb_smile.sweep.spec import ENTRY_POINT, PROJECT_DIR
 
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
 LOG_TAIL_LINES = 60
+GRACE_SECONDS = 10  # a cancelled local trial's processes get this long to exit on SIGTERM
 # Pod waiting reasons that will not resolve by themselves: the trial has failed.
 STUCK_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName",
                  "CreateContainerConfigError", "CreateContainerError")
@@ -78,7 +81,16 @@ class LocalTrial:
         return f"exit code {code}" + (f": {detail}" if detail else "")
 
     def cancel(self) -> None:
+        """Stop the whole process group (`mlflow run` and the training under it): MLflow's
+        cancel only waits for the group's leader, so wait for the rest, then kill it."""
+        group = self.submitted.command_proc.pid  # `mlflow run` leads its own process group
         self.submitted.cancel()
+        deadline = time.monotonic() + GRACE_SECONDS
+        while _group_alive(group) and time.monotonic() < deadline + GRACE_SECONDS:
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal.SIGKILL)
+            time.sleep(0.2)
 
     def release(self) -> None:
         pass  # the process has exited
@@ -206,6 +218,14 @@ class KubernetesTrial:
             except ApiException as error:
                 tails.append(f"(no log from pod {pod.metadata.name}: {error.reason})")
         return "\n".join(tails)
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _stuck_reason(pod) -> str:
