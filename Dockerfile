@@ -8,9 +8,8 @@ ENV PYTHONUNBUFFERED=1 \
     HOME=/home/trainer
 
 # Dependencies first (their own layer, reused while only the code changes).
-COPY pyproject.toml /tmp/celeb-smile/
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('/tmp/celeb-smile/pyproject.toml','rb'))['project']['dependencies']))" \
-      > /tmp/requirements.txt \
+COPY pyproject.toml celeb_smile/pins.py /tmp/celeb-smile/
+RUN python /tmp/celeb-smile/pins.py /tmp/celeb-smile/pyproject.toml > /tmp/requirements.txt \
  && pip install --no-cache-dir -r /tmp/requirements.txt \
  # Not needed to train or serve (~395 MB): TensorFlow's C++ headers (for building custom
  # ops), pandas' own test suite, and libclang (TensorFlow's op-generation tooling).

@@ -135,6 +135,8 @@ def driver_main(argv=None) -> int:
     if not console.is_terminal:  # logs and CI: wide enough for the summary table
         console = Console(width=160)
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow prints a "View run" link per ended run; the summary table names them all.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     remote = args.backend == "kubernetes"
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         if remote:

@@ -73,3 +73,14 @@ def test_train_py_rejects_bad_input_in_one_line_before_any_run(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip() == "error: epochs must be a positive integer, got 0"
     assert not (tmp_path / "mlflow.db").exists()  # no store touched, so no run created
+
+
+def test_images_install_exactly_the_pins_of_pyproject():
+    import tomllib
+
+    from celeb_smile.pins import pins
+
+    project = tomllib.loads((PROJECT_DIR / "pyproject.toml").read_text())["project"]
+    assert pins(PROJECT_DIR / "pyproject.toml") == project["dependencies"]
+    assert "psycopg[binary]==3.3.9" in pins(PROJECT_DIR / "pyproject.toml", "server")
+    assert all("==" in requirement for requirement in project["dependencies"])

@@ -38,9 +38,8 @@ def test_kubernetes_needs_a_tracking_server(in_tmp, capsys, monkeypatch):
 
 
 def test_unreachable_tracking_server_fails_in_one_line(in_tmp, capsys, monkeypatch):
-    from tests.conftest import free_port
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{free_port()}")
+    # Port 1 (tcpmux): nothing listens there, unlike a "free" port another test may take next.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     assert driver_main(["--backend", "kubernetes", "--no-build"]) == 2
     assert "does not answer" in error_line(capsys)
 
