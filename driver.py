@@ -4,7 +4,7 @@
     python driver.py --backend kubernetes --grid convolutions=0,1,2 --param epochs=5
 """
 
-from celeb_smile.cli import driver_main
+from celeb_smile.sweep.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(driver_main())
+    raise SystemExit(main())

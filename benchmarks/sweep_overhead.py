@@ -28,7 +28,7 @@ from mlflow import MlflowClient  # noqa: E402
 
 from machine import print_machine  # noqa: E402
 from rich.console import Console  # noqa: E402
-from celeb_smile.cli import DEFAULT_CLUSTER_TRACKING_URI  # noqa: E402
+from celeb_smile.sweep.cli import DEFAULT_CLUSTER_TRACKING_URI  # noqa: E402
 from celeb_smile.sweep.backends import KubernetesBackend  # noqa: E402
 from celeb_smile.sweep.spec import PROJECT_DIR  # noqa: E402
 

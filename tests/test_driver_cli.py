@@ -2,7 +2,7 @@
 
 import pytest
 
-from celeb_smile.cli import driver_main
+from celeb_smile.sweep.cli import main as driver_main
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 import pytest
 
-from celeb_smile.cli import build_driver_parser, sweep_spec_from_args
+from celeb_smile.sweep.cli import build_parser, sweep_spec_from_args
 from celeb_smile.sweep.report import best_trial, ranked, summary_csv
 from celeb_smile.sweep.runner import Trial, _same_params
 from celeb_smile.sweep.spec import (DEFAULT_GRID, Objective, SweepSpec, load_spec_file,
@@ -10,7 +10,7 @@ from celeb_smile.sweep.spec import (DEFAULT_GRID, Objective, SweepSpec, load_spe
 
 
 def spec_from(*argv):
-    return sweep_spec_from_args(build_driver_parser().parse_args(list(argv)))
+    return sweep_spec_from_args(build_parser().parse_args(list(argv)))
 
 
 def test_no_arguments_give_the_small_default_sweep():

@@ -1,0 +1,144 @@
+"""driver.py's entry point: parse the sweep, refuse what cannot work in one line (exit 2),
+then run it (exit 0 all finished, 1 a trial failed, 130 interrupted)."""
+
+import os
+import sys
+
+from celeb_smile.cli import fail
+
+DEFAULT_CLUSTER_TRACKING_URI = "http://mlflow.celeb-smile.svc.cluster.local:5000"
+EMBEDDED_STORE = "mlflow.db"  # in the current directory; `mlflow ui --backend-store-uri sqlite:///mlflow.db`
+
+
+def build_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description="Run a hyperparameter sweep of the celeb-smile project: every combination "
+                    "is one MLflow run (a Kubernetes Job with --backend kubernetes), nested "
+                    "under one parent run. With no arguments: a small local sweep on synthetic "
+                    "data, tracked in ./mlflow.db.")
+    add = parser.add_argument
+    add("--sweep", metavar="FILE", help="sweep file (YAML): grid, random, params, objective, ...")
+    add("--grid", action="append", default=[], metavar="NAME=V1,V2,...",
+        help="values to try for a parameter (repeatable; all combinations are run)")
+    add("--param", action="append", default=[], metavar="NAME=VALUE",
+        help="a fixed parameter for every trial (repeatable)")
+    add("--samples", type=int, metavar="N", help="random-search draws from the sweep file's space")
+    add("--seed", type=int, metavar="N", help="seed of the random search")
+    add("--objective", metavar="METRIC", help="metric to rank runs by (default val_accuracy)")
+    add("--direction", choices=("maximize", "minimize"), help="default maximize")
+    add("--experiment", metavar="NAME", help="MLflow experiment (default celeb-smile)")
+    add("--max-parallel", type=int, metavar="N", help="trials in flight at once (default 2)")
+    add("--max-failures", type=int, metavar="N",
+        help="stop submitting once more than N trials failed (default: never stop)")
+    add("--backend", choices=("local", "kubernetes"), default="local")
+    add("--backend-config", metavar="FILE",
+        help="kubernetes backend config (default: the project's kubernetes_config.json)")
+    add("--cluster-tracking-uri", metavar="URI",
+        help="tracking URI as pods see it (default $KUBE_MLFLOW_TRACKING_URI or "
+             f"{DEFAULT_CLUSTER_TRACKING_URI})")
+    add("--no-build", action="store_true",
+        help="kubernetes: use the image already pushed (e.g. by `make images`), build nothing")
+    add("--rerun", action="store_true", help="run every combination, even those finished before")
+    add("--poll-seconds", type=float, default=3.0, help=argparse.SUPPRESS)
+    return parser
+
+
+def sweep_spec_from_args(args):
+    """The sweep file (if any) with the command line's settings on top; defaults when empty."""
+    from celeb_smile.sweep.spec import (DEFAULT_GRID, DEFAULT_PARAMS, SweepSpec,
+                                        load_spec_file, parse_assignment)
+
+    spec = load_spec_file(args.sweep) if args.sweep else SweepSpec()
+    if not (args.sweep or args.grid or args.param):
+        spec.params, spec.grid = dict(DEFAULT_PARAMS), dict(DEFAULT_GRID)
+    for text in args.param:
+        name, value = parse_assignment(text, many=False)
+        spec.params[name] = value
+    for text in args.grid:
+        name, values = parse_assignment(text, many=True)
+        spec.grid[name] = values
+    overrides = {"samples": args.samples, "seed": args.seed, "experiment": args.experiment,
+                 "max_parallel": args.max_parallel, "max_failures": args.max_failures}
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(spec, name, value)
+    if args.objective:
+        spec.objective.metric = args.objective
+    if args.direction:
+        spec.objective.direction = args.direction
+    return spec
+
+
+def main(argv=None) -> int:
+    import logging
+    from pathlib import Path
+
+    import mlflow
+    from rich.console import Console
+
+    from celeb_smile.sweep.backends import KubernetesBackend, LocalBackend, PreparationError
+    from celeb_smile.sweep.runner import Sweep
+    from celeb_smile.sweep.spec import PROJECT_DIR, validate
+
+    args = build_parser().parse_args(argv)
+    console = Console()
+    if not console.is_terminal:  # logs and CI: wide enough for the summary table
+        console = Console(width=160)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow prints a "View run" link per ended run; the summary table names them all.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    remote = args.backend == "kubernetes"
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        if remote:
+            return fail("the kubernetes backend needs a tracking server that the driver and "
+                        "pods both reach: set MLFLOW_TRACKING_URI (e.g. `make port-forward`, "
+                        "then http://localhost:5000)")
+        # Absolute, since trials run in another directory.
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(EMBEDDED_STORE).resolve()}"
+    elif remote and _is_local_store(os.environ["MLFLOW_TRACKING_URI"]):
+        return fail(f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']} is a local store "
+                    "that pods cannot reach; use the tracking server's http:// address")
+    try:
+        spec = sweep_spec_from_args(args)
+        validate(spec, remote=remote)
+        if remote:
+            cluster_uri = (args.cluster_tracking_uri or os.environ.get("KUBE_MLFLOW_TRACKING_URI")
+                           or DEFAULT_CLUSTER_TRACKING_URI)
+            config_path = Path(args.backend_config or PROJECT_DIR / "kubernetes_config.json")
+            backend = KubernetesBackend(config_path, cluster_uri,
+                                        build=not args.no_build)
+        else:
+            backend = LocalBackend(Path(".sweep") / spec.sweep_id())
+        _check_reachable(mlflow.get_tracking_uri())
+    except ValueError as error:
+        return fail(str(error))
+    console.print(f"tracking: {mlflow.get_tracking_uri()}  experiment: {spec.experiment}")
+    sweep = Sweep(spec, backend, console, rerun=args.rerun, poll_seconds=args.poll_seconds)
+    try:
+        return sweep.run()
+    except KeyboardInterrupt:  # while preparing (e.g. building the image): nothing submitted
+        print("interrupted before any trial was submitted", file=sys.stderr)
+        return 130
+    except PreparationError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _check_reachable(tracking_uri: str) -> None:
+    """A tracking server that does not answer fails the sweep now, in one line."""
+    import urllib.request
+
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=10):
+            pass
+    except OSError as error:
+        raise ValueError(f"tracking server {tracking_uri} does not answer ({error}); "
+                         "is it running (and `make port-forward`)?") from None
+
+
+def _is_local_store(uri: str) -> bool:
+    return uri.startswith(("sqlite:", "file:", "/", ".")) or "://" not in uri
