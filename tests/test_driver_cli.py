@@ -9,6 +9,7 @@ from celeb_smile.sweep.cli import main as driver_main
 def in_tmp(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))  # whatever happens, no cluster
     return tmp_path
 
 

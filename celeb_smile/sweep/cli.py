@@ -100,6 +100,9 @@ def main(argv=None) -> int:
     elif remote and _is_local_store(os.environ["MLFLOW_TRACKING_URI"]):
         return fail(f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']} is a local store "
                     "that pods cannot reach; use the tracking server's http:// address")
+    # The environment decides, whatever this process's MLflow was pointed at before; trials
+    # (local processes) inherit the same variable.
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
     try:
         spec = sweep_spec_from_args(args)
         validate(spec, remote=remote)
