@@ -7,9 +7,9 @@ EXIT_BAD_INPUT = 2
 ERROR_TAG = "celeb_smile.error"  # set on a run that was rejected or crashed
 
 
-def fail(message: str) -> int:
+def fail(message: str, exit_code: int = EXIT_BAD_INPUT) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return EXIT_BAD_INPUT
+    return exit_code
 
 
 def train_main(argv=None) -> int:
@@ -32,8 +32,7 @@ def train_main(argv=None) -> int:
         except ValueError as error:  # e.g. the dataset is not where data_dir says
             mlflow.set_tag(ERROR_TAG, str(error))
             mlflow.end_run("FAILED")
-            print(f"error: {error}", file=sys.stderr)
-            return 1
+            return fail(str(error), exit_code=1)
         except Exception as error:
             mlflow.set_tag(ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])
             raise

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from celeb_smile import local_server
-from celeb_smile.local_server import free_port, wait_for_http  # noqa: F401 (for tests/cluster)
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent  # the venv running pytest: its mlflow, its python

@@ -170,15 +170,14 @@ class Sweep:
 
     def _end(self, trial: Trial, state: str, reason: str = "") -> None:
         trial.ended = time.monotonic()
-        trial.state = state
+        trial.state, trial.reason = state, reason
         if trial.run_id:
             run = self.client.get_run(trial.run_id)
             trial.metrics = dict(run.data.metrics)
-            if state != "FINISHED" or run.info.status == "FAILED":
-                trial.state = state if state != "FINISHED" else "FAILED"
+            if state == "FINISHED" and run.info.status == "FAILED":  # exited 0, run failed
+                trial.state = "FAILED"
+            if trial.state != "FINISHED":
                 trial.reason = self._record_failure(trial, run, reason)
-        else:
-            trial.reason = reason
         self.progress.event(trial, trial.state + (f": {trial.reason}" if trial.reason else ""))
 
     def _record_failure(self, trial: Trial, run, reason: str) -> str:
@@ -221,7 +220,7 @@ class Sweep:
     def _final_status(self) -> str:
         if self.stopping:
             return "KILLED"
-        return "FAILED" if self.failures() or self._too_many_failures() else "FINISHED"
+        return "FAILED" if self.failures() else "FINISHED"
 
 
 def _experiment_id(name: str) -> str:

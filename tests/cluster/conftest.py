@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import BIN_DIR, IN_CI, PROJECT_DIR, free_port, wait_for_http
+from celeb_smile.local_server import free_port, wait_for_http
+from tests.conftest import BIN_DIR, IN_CI, PROJECT_DIR
 
 NAMESPACE = "celeb-smile"
 LABEL_KEY = "app.kubernetes.io/component"  # the one label key of k8s/ and job_template.yaml
