@@ -1,7 +1,6 @@
 """`mlflow run` of the project against a real tracking server: what a run records."""
 
 import subprocess
-import time
 
 import mlflow
 import numpy as np
@@ -82,19 +81,17 @@ def test_missing_celeb_a_fails_the_run_with_a_clear_message(
     assert "CelebA is not prepared" in run.data.tags["celeb_smile.error"]
 
 
-def test_synthetic_set_is_learned_to_90_percent_in_under_a_minute(mlflow_server):
-    """The learning test: the whole `python train.py` process, on this machine's cores."""
+def test_synthetic_set_is_learned_to_90_percent(mlflow_server):
+    """The learning test: the whole `python train.py` process. How fast it gets there is a
+    benchmark (benchmarks/training_speed.py, time to val_accuracy >= 0.9), not an assertion."""
     argv = [str(BIN_DIR / "python"), "train.py"]
     for name, value in LEARNING_PARAMS.items():
         argv += [f"--{name}", value]
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "it-learning",
            "PATH": f"{BIN_DIR}:/usr/bin:/bin"}
-    started = time.monotonic()
     result = subprocess.run(argv, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
                             timeout=300)
-    seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-3000:]
     client, run = only_run(mlflow_server, "it-learning")
     best = max(m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
     assert best >= 0.9, f"val_accuracy peaked at {best:.3f}"
-    assert seconds < 60, f"took {seconds:.0f}s"
