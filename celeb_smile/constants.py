@@ -1,0 +1,65 @@
+"""Names shared across modules, and by the tests: exit codes, run tags, trial states.
+
+Import these; never spell a tag or an exit code as a literal elsewhere.
+"""
+
+import enum
+
+# -- exit codes (train.py and driver.py) -----------------------------------------------------
+EXIT_OK = 0  # every trial finished (early-stopped trials count as finished work)
+EXIT_TRIAL_FAILED = 1  # a trial failed, or the sweep could not go on (outage, no cluster)
+EXIT_BAD_INPUT = 2  # refused before anything was created; one line on stderr
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: in-flight trials were cancelled
+
+# -- run tags ---------------------------------------------------------------------------------
+ERROR_TAG = "celeb_smile.error"  # a run that train.py rejected or that crashed: the message
+SWEEP_ID_TAG = "celeb_smile.sweep_id"  # on a sweep's parent run AND on each of its trials
+TRIAL_INDEX_TAG = "celeb_smile.trial"  # a trial's 1-based index within its sweep
+SWEEP_RUN_TAG = "celeb_smile.sweep_run_id"  # the parent run that submitted a trial
+REASON_TAG = "celeb_smile.failure_reason"  # why a trial ended FAILED/KILLED (Kubernetes reason...)
+STOPPED_TAG = "celeb_smile.stopped_early"  # rule, epoch, value and threshold of an early stop
+CODE_VERSION_TAG = "celeb_smile.code_version"  # hash of the project's code a run ran
+JOB_TAG = "celeb_smile.job"  # <namespace>/<job name> of a trial's Kubernetes Job
+PID_TAG = "celeb_smile.pid"  # process group of a local trial
+BEST_RUN_TAG = "celeb_smile.best_run_id"  # on the parent: its best trial's run id
+LEASE_TAG = "celeb_smile.driver_lease"  # on the parent: '<holder> <expiry epoch seconds>'
+PARAMS_TAG = "celeb_smile.params"  # short 'name=value, ...' of a trial's varying parameters
+WARM_START_TAG = "celeb_smile.warm_start"  # number of earlier runs that seeded a search
+
+# -- model registry ---------------------------------------------------------------------------
+REGISTERED_MODEL = "celeb-smile"
+CHAMPION_ALIAS = "champion"
+
+
+class TrialState(str, enum.Enum):
+    """One trial's outcome so far. Optuna's lesson: a trial stopped by a rule is its own state
+    (STOPPED; its MLflow run ends KILLED with STOPPED_TAG), never a failure."""
+
+    PENDING = "PENDING"  # not submitted yet
+    SCHEDULED = "SCHEDULED"  # submitted; its process/pod is not running yet
+    RUNNING = "RUNNING"
+    FINISHED = "FINISHED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"  # stopped early by the sweep's early-stopping rule
+    KILLED = "KILLED"  # cancelled because the sweep was interrupted
+    SKIPPED = "SKIPPED"  # finished before, by the same code: not run again (resume)
+
+    @property
+    def in_flight(self) -> bool:
+        return self in (TrialState.SCHEDULED, TrialState.RUNNING)
+
+    @property
+    def ended(self) -> bool:
+        return self in ENDED
+
+    @property
+    def mlflow_status(self) -> str:
+        """The MLflow run status a trial in this state ends with."""
+        return {TrialState.STOPPED: "KILLED", TrialState.SKIPPED: "FINISHED"}.get(self, self.value)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+ENDED = frozenset({TrialState.FINISHED, TrialState.FAILED, TrialState.STOPPED,
+                   TrialState.KILLED, TrialState.SKIPPED})

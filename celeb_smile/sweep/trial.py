@@ -1,0 +1,46 @@
+"""One trial of a sweep as the scheduler, the search strategies, the stopping rules and the
+report all see it. Search strategies and stopping rules read only `params`, `state`,
+`history` and `warm_start`; the rest is the scheduler's bookkeeping."""
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from celeb_smile.constants import TrialState
+
+
+@dataclass
+class Trial:
+    index: int  # 1-based, in the order the search suggested it
+    params: dict[str, str]  # every parameter the trial was submitted with, normalised
+    sweep_id: str = ""
+    state: TrialState = TrialState.PENDING
+    reason: str = ""  # why it FAILED / STOPPED / KILLED, or what it waits for (Pending pod)
+    run_id: str | None = None
+    sweep_run_id: str | None = None  # the parent run that submitted it
+    history: list[float] = field(default_factory=list)  # objective per epoch (step order)
+    metrics: dict[str, float] = field(default_factory=dict)  # latest value of every metric
+    warm_start: bool = False  # an earlier sweep's run, told to the search, never run here
+    handle: object = None  # the backend's handle while in flight
+    started: float | None = None  # time.monotonic() at submission
+    ended: float | None = None
+
+    @property
+    def name(self) -> str:
+        """Unique across sweeps: the run name of the trial's MLflow run."""
+        return f"{self.sweep_id}/trial-{self.index:02d}" if self.sweep_id else \
+            f"trial-{self.index:02d}"
+
+    @property
+    def epochs_done(self) -> int:
+        return len(self.history)
+
+    def objective(self, metric: str) -> float | None:
+        """The trial's final (latest) value of `metric`, None if absent or NaN."""
+        value = self.metrics.get(metric)
+        return None if value is None or math.isnan(value) else value
+
+    def elapsed(self) -> float | None:
+        if self.started is None:
+            return None
+        return (self.ended or time.monotonic()) - self.started
