@@ -3,8 +3,7 @@
 import pytest
 
 from celeb_smile.sweep.cli import build_parser, sweep_spec_from_args
-from celeb_smile.sweep.report import best_trial, ranked, summary_csv
-from celeb_smile.sweep.runner import Trial, _same_params
+from celeb_smile.sweep.runner import _same_params
 from celeb_smile.sweep.spec import (DEFAULT_GRID, Objective, SweepSpec, load_spec_file,
                                     parse_assignment, resolved, validate)
 
@@ -101,24 +100,6 @@ def test_resume_matches_runs_on_their_resolved_parameters():
     assert _same_params(expected, logged)
     assert not _same_params(expected, dict(expected, epochs="3"))
     assert not _same_params(expected, {"epochs": "2"})  # a run of something else
-
-
-def make_trial(index, state, value=None):
-    trial = Trial(index, {"convolutions": str(index)}, {}, state=state, run_id=f"r{index}")
-    if value is not None:
-        trial.metrics = {"val_accuracy": value}
-    return trial
-
-
-def test_summary_ranks_by_objective_and_best_ignores_failed_runs():
-    trials = [make_trial(1, "FINISHED", 0.7), make_trial(2, "FAILED", 0.9),
-              make_trial(3, "SKIPPED", 0.8), make_trial(4, "FAILED")]
-    order = [t.index for t in ranked(trials, Objective())]
-    assert order == [2, 3, 1, 4]
-    assert best_trial(trials, Objective()).index == 3
-    assert [t.index for t in ranked(trials, Objective(direction="minimize"))] == [1, 3, 2, 4]
-    assert summary_csv(ranked(trials, Objective()), ["convolutions"], "val_accuracy") \
-        .splitlines()[1].startswith("1,trial-02,2,FAILED,0.9,r2")
 
 
 def test_sweep_id_is_stable_and_follows_the_definition():

@@ -41,6 +41,10 @@ def build_parser():
     add("--no-build", action="store_true",
         help="kubernetes: use the image already pushed (e.g. by `make images`), build nothing")
     add("--rerun", action="store_true", help="run every combination, even those finished before")
+    add("--promote", action="store_true",
+        help="register the best trial's model and move celeb-smile@champion to it, if the "
+             "sweep ends FINISHED and its best trial beats the current champion on the same "
+             "objective (without it, nothing is registered)")
     add("--poll-seconds", type=float, default=3.0, help=argparse.SUPPRESS)
     return parser
 
