@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeb_smile.constants import (BEST_RUN_TAG, EXPERIMENT_KIND_MODEL_TRAINING,
-                                   EXPERIMENT_KIND_TAG, TrialState)
+                                   EXPERIMENT_KIND_TAG, REGISTERED_MODEL, TrialState)
 from celeb_smile.sweep import plots, promotion
 from celeb_smile.sweep.progress import STATE_WORDS, label, params_label, styled_state
 
@@ -95,7 +95,8 @@ def finish(sweep, parent_run_id: str) -> None:
     else:
         client.set_tag(parent_run_id, BEST_RUN_TAG, best.run_id)
         client.log_metric(parent_run_id, f"best_{metric}", best.metrics[metric])
-        outcome = promotion.promote(client, sweep, best, parent_run_id)
+        outcome = promotion.promote(client, sweep, best, parent_run_id,
+                                    getattr(sweep, "registered_model", REGISTERED_MODEL))
     update_note(sweep, parent_run_id, outcome.message if outcome else "")
     if best is not None:
         console.print(f"best: {best.name} ({label(best, varying)}) {metric}="
@@ -243,7 +244,10 @@ def update_note(sweep, parent_run_id: str, promotion_message: str = "") -> None:
 
 def _model_version(client, run_id: str):
     versions = client.search_model_versions(f"run_id = '{run_id}'")
-    return max(versions, key=lambda v: int(v.version)) if versions else None
+    if not versions:
+        return None
+    latest = max(versions, key=lambda v: int(v.version))
+    return client.get_model_version(latest.name, latest.version)  # search omits aliases
 
 
 def note_markdown(sweep, experiment_id: str, parent_run_id: str, best, version,
