@@ -255,10 +255,11 @@ def note_markdown(sweep, experiment_id: str, parent_run_id: str, best, version,
     spec = sweep.spec
     metric = spec.objective.metric
     trials = own_trials(sweep.trials)
-    status = getattr(sweep, "status", None)
+    status = getattr(sweep, "status", None) or (
+        "ended" if all(TrialState(t.state).ended for t in trials) else "running")
     lines = [f"### Sweep `{spec.sweep_id()}`: {_strategy(spec)}, "
              f"{spec.objective.direction} `{metric}`",
-             "", f"**Status**: {status.lower() if status else 'running'} · "
+             "", f"**Status**: {status.lower()} · "
                  f"**Trials**: {len(trials)} — {_counts(trials)}", "",
              f"**Space**: {_space(spec)}", ""]
     warm = len(sweep.trials) - len(trials)
@@ -285,9 +286,21 @@ def note_markdown(sweep, experiment_id: str, parent_run_id: str, best, version,
     return "\n".join(lines) + "\n"
 
 
+# MLflow 3.17's UI picks GenAI or model-training from this URL parameter, else from the
+# browser's last choice (GenAI by default); the experiment's kind tag is for other versions.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def run_link(experiment_id: str, run_id: str) -> str:
-    """A link to a run's page that works on any host the UI is served from."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
+    """A link to a run's page (model-training view) that works on any host the UI is on."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """The experiment's runs in the UI, in the model-training view; None for a local store."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
 
 
 def _strategy(spec) -> str:

@@ -44,7 +44,9 @@ def test_finish_tags_the_best_run_and_the_note_links_it(client, tmp_path, monkey
     best = sweep.trials[1]
     assert run.data.tags[BEST_RUN_TAG] == best.run_id
     note = run.data.tags["mlflow.note.content"]
-    assert f"[{best.name}](#/experiments/{run.info.experiment_id}/runs/{best.run_id})" in note
+    link = report.run_link(run.info.experiment_id, best.run_id)
+    assert link.startswith(f"#/experiments/{run.info.experiment_id}/runs/{best.run_id}")
+    assert f"[{best.name}]({link})" in note
     assert f"run `{best.run_id}`" in note and "4 finished" in note
     assert "not registered" in note
     assert "get-artifact?path=plots/learning_curves_top.png" in note
