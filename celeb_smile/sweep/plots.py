@@ -50,7 +50,7 @@ def curves_figure(top, histories: dict[str, list[float]], metric: str,
     """Learning curves of `top` (best first); None when no curve has two epochs to join."""
     if not top or max(len(histories.get(t.name, [])) for t in top) < 2:
         return None
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 5.5))
     ax = fig.subplots()
     for rank, (trial, style) in enumerate(zip(top, CURVE_STYLES), 1):
         values = histories.get(trial.name, [])
@@ -58,12 +58,12 @@ def curves_figure(top, histories: dict[str, list[float]], metric: str,
         note = f", stopped at epoch {len(values)}" if stopped else ""
         ax.plot(range(1, len(values) + 1), values, linestyle="--" if stopped else "-",
                 zorder=rank, label=f"#{rank} {trial.name}: {label(trial, varying)} "
-                                   f"({metric} {trial.metrics[metric]:.4f}{note})", **style)
+                                   f"({trial.metrics[metric]:.4f}{note})", **style)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"learning curves of the top {len(top)} trials by {metric}")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.16))  # off the curves
     fig.tight_layout()
     return fig
 

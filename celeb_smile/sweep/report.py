@@ -95,8 +95,11 @@ def finish(sweep, parent_run_id: str) -> None:
     else:
         client.set_tag(parent_run_id, BEST_RUN_TAG, best.run_id)
         client.log_metric(parent_run_id, f"best_{metric}", best.metrics[metric])
-        outcome = promotion.promote(client, sweep, best, parent_run_id,
-                                    getattr(sweep, "registered_model", REGISTERED_MODEL))
+        try:
+            outcome = promotion.promote(client, sweep, best, parent_run_id,
+                                        getattr(sweep, "registered_model", REGISTERED_MODEL))
+        except Exception as error:  # the registry failed: the sweep's results still stand
+            outcome = promotion.Outcome(None, f"not promoted: the model registry failed: {error}")
     update_note(sweep, parent_run_id, outcome.message if outcome else "")
     if best is not None:
         console.print(f"best: {best.name} ({label(best, varying)}) {metric}="
@@ -212,7 +215,7 @@ def save_plots(rows, spec, client, out_dir: Path) -> list[Path]:
     paths = []
     for name, figure in figures.items():
         if figure is not None:
-            figure.savefig(out_dir / name, dpi=plots.DPI)
+            figure.savefig(out_dir / name, dpi=plots.DPI, bbox_inches="tight")
             paths.append(out_dir / name)
     return paths
 
@@ -231,7 +234,16 @@ def histories(trials, metric: str, client) -> dict[str, list[float]]:
 
 # -- the parent run's note --------------------------------------------------------------------
 def update_note(sweep, parent_run_id: str, promotion_message: str = "") -> None:
-    """Rewrite the parent run's description (Markdown, shown on its run page)."""
+    """Rewrite the parent run's description (Markdown, shown on its run page). A failure is
+    printed, never raised: the note is a view of the sweep, not part of it."""
+    try:
+        _write_note(sweep, parent_run_id, promotion_message)
+    except Exception as error:
+        sweep.console.print(f"[yellow]the sweep run's description was not updated: "
+                            f"{escape(str(error))}[/]")
+
+
+def _write_note(sweep, parent_run_id: str, promotion_message: str) -> None:
     client = sweep.client
     parent = client.get_run(parent_run_id)
     best = best_trial(sweep.trials, sweep.spec.objective)
