@@ -55,7 +55,7 @@ def test_a_rerun_that_ran_nothing_keeps_the_earlier_rows_word_for_word():
              trial(2, TrialState.SKIPPED, history=[0.4], sweep_run_id="parent-1")]
     _, merged = report.merged_summary(rows_of(again), parsed, VARYING, METRIC)
     assert report.to_csv(header, merged) == earlier_text
-    assert [row["state"] for row in merged] == ["FINISHED", "STOPPED"]
+    assert [row["state"] for row in merged] == [TrialState.FINISHED, TrialState.STOPPED]
 
 
 def test_a_retried_trial_keeps_its_earlier_failed_attempt():
@@ -67,7 +67,8 @@ def test_a_retried_trial_keeps_its_earlier_failed_attempt():
                trial(2, history=[0.9], run_id="run-2b", sweep_run_id="parent-2")]
     _, merged = report.merged_summary(rows_of(retried), earlier, VARYING, METRIC)
     assert [(r["rank"], r["run_id"], str(r["state"])) for r in merged] == [
-        (1, "run-2b", "FINISHED"), (2, "run-1", "FINISHED"), ("", "run-2a", "FAILED")]
+        (1, "run-2b", TrialState.FINISHED), (2, "run-1", TrialState.FINISHED),
+        ("", "run-2a", TrialState.FAILED)]
     assert merged[2]["reason"] == "OOMKilled"
 
 
