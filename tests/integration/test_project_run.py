@@ -8,7 +8,7 @@ import pytest
 from mlflow import MlflowClient
 
 from celeb_smile import IMAGE_SHAPE
-from celeb_smile.sweep.backends import docker_free_project
+from tests.helpers.project import docker_free_project
 from tests.conftest import BIN_DIR, PROJECT_DIR
 
 pytestmark = pytest.mark.integration
