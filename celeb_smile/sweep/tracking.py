@@ -105,9 +105,13 @@ class Tracking:
     def lease_holder(self, run) -> str | None:
         """Another live driver holding this sweep's lease, or None."""
         holder, _, expiry = run.data.tags.get(LEASE_TAG, "").partition(" ")
-        if holder and holder != self.holder and expiry and float(expiry) > time.time():
-            return holder
-        return None
+        if not holder or holder == self.holder or not expiry or float(expiry) <= time.time():
+            return None
+        host, _, pid = holder.partition(":")
+        pid = pid.partition(":")[0]
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            return None  # its driver died on this machine: no need to wait for the expiry
+        return holder
 
     def take_lease(self, run_id: str) -> str | None:
         """Write our lease, then read it back: a driver that wrote in between wins."""
@@ -194,6 +198,16 @@ class Tracking:
 
     def get_run(self, run_id: str):
         return self.patient("read a run", lambda: self.client.get_run(run_id))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def snapshot(run) -> RunSnapshot:
