@@ -17,7 +17,7 @@ import yaml
 
 from celeb_smile.constants import JOB_TAG, RUN_LABEL, SWEEP_LABEL, TrialState
 from celeb_smile.sweep.backends import (LaunchError, Observation, PreparationError,
-                                        entry_point_argv, run_docker, tail)
+                                        entry_point_argv, run_docker)
 from celeb_smile.sweep.spec import PROJECT_DIR
 
 REQUEST_TIMEOUT = (5, 15)  # connect, read (seconds) on every Kubernetes API call
@@ -123,7 +123,43 @@ class KubernetesBackend:
         namespace, _, name = where.partition("/")
         return KubernetesTrial(trial.run_id, namespace, name) if name else None
 
-    # -- all trials in flight, in two calls ---------------------------------------------------
+    # -- watching, stopping, logs: see JobWatch ----------------------------------------------
+    @property
+    def watch(self) -> "JobWatch":
+        return JobWatch(self._core, self._batch, self.namespace, self.sweep_id)
+
+    def observe(self, trials) -> dict[int, Observation]:
+        watch = self.watch
+        observed = watch.observe(trials)
+        self.calls += watch.calls
+        return observed
+
+    def cancel(self, handle: KubernetesTrial) -> None:
+        self.watch.cancel(handle)
+
+    def cancel_all(self, handles) -> None:
+        self.watch.cancel_all()
+
+    def release(self, handle: KubernetesTrial) -> None:
+        """After a failure: a Job stuck on its image would retry forever, so delete it; a Job
+        that ran keeps its pod until ttlSecondsAfterFinished (its log is already saved)."""
+        if handle.stuck:
+            self.cancel(handle)
+
+    def logs(self, handle: KubernetesTrial) -> str:
+        return self.watch.logs(handle)
+
+
+
+class JobWatch:
+    """A sweep's Jobs and pods in one namespace: all observed in two list calls per poll."""
+
+    def __init__(self, core, batch, namespace: str, sweep_id: str):
+        self._core, self._batch = core, batch
+        self.namespace = namespace
+        self.sweep_id = sweep_id
+        self.calls = 0
+
     def observe(self, trials) -> dict[int, Observation]:
         selector = f"{SWEEP_LABEL}={self.sweep_id}"
         jobs = self._batch.list_namespaced_job(self.namespace, label_selector=selector,
@@ -169,7 +205,6 @@ class KubernetesBackend:
         waiting = next(filter(None, (_waiting_reason(pod) for pod in pods)), "")
         return Observation(TrialState.SCHEDULED, waiting)
 
-    # -- stopping and logs -------------------------------------------------------------------
     def cancel(self, handle: KubernetesTrial) -> None:
         """Delete the Job and its pods (deleting a Job alone can leave its pod running)."""
         from kubernetes.client import V1DeleteOptions
@@ -186,7 +221,7 @@ class KubernetesBackend:
             handle.namespace, label_selector=f"job-name={handle.job_name}",
             grace_period_seconds=0, _request_timeout=REQUEST_TIMEOUT)
 
-    def cancel_all(self, handles) -> None:
+    def cancel_all(self) -> None:
         """Every Job and pod of this sweep, in two calls (the second Ctrl-C's fast path)."""
         from kubernetes.client import V1DeleteOptions
 
@@ -197,12 +232,6 @@ class KubernetesBackend:
         self._core.delete_collection_namespaced_pod(
             self.namespace, label_selector=selector, grace_period_seconds=0,
             _request_timeout=REQUEST_TIMEOUT)
-
-    def release(self, handle: KubernetesTrial) -> None:
-        """After a failure: a Job stuck on its image would retry forever, so delete it; a Job
-        that ran keeps its pod until ttlSecondsAfterFinished (its log is already saved)."""
-        if handle.stuck:
-            self.cancel(handle)
 
     def logs(self, handle: KubernetesTrial) -> str:
         from kubernetes.client.rest import ApiException
@@ -219,8 +248,6 @@ class KubernetesBackend:
                 texts.append(f"(no log from pod {pod.metadata.name}: {error.reason})")
         return "\n".join(texts)
 
-    def failure_tail(self, handle: KubernetesTrial) -> str:
-        return tail(self.logs(handle))
 
 
 def job_name(sweep_id: str, trial) -> str:

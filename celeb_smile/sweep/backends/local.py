@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from celeb_smile.constants import PID_TAG, TRAINER_HTTP_ENV, TrialState
-from celeb_smile.sweep.backends import Observation, entry_point_argv, tail
+from celeb_smile.sweep.backends import Observation, entry_point_argv
 from celeb_smile.sweep.spec import PROJECT_DIR
 
 GRACE_SECONDS = 10  # a cancelled trial's processes get this long to exit on SIGTERM
@@ -107,9 +107,6 @@ class LocalBackend:
     def logs(self, handle: LocalTrial) -> str:
         path = handle.log_path
         return path.read_text(errors="replace") if path.exists() else ""
-
-    def failure_tail(self, handle: LocalTrial) -> str:
-        return tail(self.logs(handle))
 
 
 def _group_alive(group: int) -> bool:
