@@ -166,3 +166,17 @@ def test_adopted_trials_carry_the_tag_that_finds_them(store):
     sweep.run()
     (run,) = trial_runs(store)
     assert run.data.tags[ADOPT_TAG] == "yes"
+
+
+def test_an_outage_longer_than_the_limit_fails_the_trials_and_cancels_them(store):
+    def cluster_gone(backend):
+        if backend.polls > 2:
+            raise ConnectionError("connection refused")
+
+    backend = FakeBackend(on_poll=cluster_gone)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]}, outage_seconds=1)
+    assert sweep.run() == EXIT_TRIAL_FAILED
+    assert all(h.cancelled for h in backend.launched)
+    runs = trial_runs(store)
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
+    assert all("outage" in r.data.tags[REASON_TAG] for r in runs)

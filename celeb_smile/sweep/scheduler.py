@@ -68,6 +68,9 @@ class Sweep:
         self.seconds_before = 0.0  # wall time of earlier drivers of this sweep
         self.started = time.monotonic()
         self._finished_elsewhere: dict | None = None
+        self._unrecorded: set[int] = set()  # trials whose end is not on their run yet
+        self.lost = ""  # why the sweep gave up on the tracking server
+        self._unreachable: dict[str, float] = {}  # what is unreachable, since when
         self._lease_renewed = 0.0
         self.progress = Progress(console, self.trials, spec.varying(), spec.objective.metric)
 
@@ -91,7 +94,11 @@ class Sweep:
         except HardStop:
             return self._hard_exit()
         self.status = self._final_status()
-        self._close_parent()
+        try:
+            self._close_parent()
+        except Unavailable as error:
+            print(f"error: the sweep's record is incomplete: {error}", file=sys.stderr)
+            return EXIT_TRIAL_FAILED
         return {"FINISHED": EXIT_OK, "FAILED": EXIT_TRIAL_FAILED}.get(self.status,
                                                                      EXIT_INTERRUPTED)
 
@@ -224,35 +231,66 @@ class Sweep:
     # == the loop ================================================================================
     def _run_trials(self) -> None:
         with self.progress:
-            while True:
-                self._poll()
-                if self.interrupted.is_set():
-                    break
-                self._submit_while_room()
-                if not any(t.state.in_flight for t in self.trials):
-                    break
-                self._keep_lease()
-                self.progress.refresh()
-                self.interrupted.wait(self.poll_seconds)
-            if self.interrupted.is_set():
-                self._cancel_in_flight("sweep interrupted", S.KILLED)
+            try:
+                self._loop()
+            except Unavailable as error:
+                self._give_up(error)
             self.progress.refresh()
 
+    def _loop(self) -> None:
+        while True:
+            self._poll()
+            if self.interrupted.is_set():
+                break
+            self._submit_while_room()
+            if not any(t.state.in_flight for t in self.trials):
+                break
+            self._keep_lease()
+            self.progress.refresh()
+            self.interrupted.wait(self.poll_seconds)
+        if self.interrupted.is_set():
+            self._cancel_in_flight("sweep interrupted", S.KILLED)
+
+    def _give_up(self, error: Unavailable) -> None:
+        """The tracking server stayed away too long: stop every Job, fail their trials, and
+        record that as soon as the server answers again (within one more outage window)."""
+        self.lost = f"gave up after an outage of over {self.tracking.outage_seconds:.0f}s: {error}"
+        self.console.print(f"[red]{self.lost}; cancelling every trial[/]", highlight=False)
+        in_flight = [t for t in self.trials if t.state.in_flight and t.handle is not None]
+        try:
+            self._retry_backend("cancel the trials", lambda: self.backend.cancel_all(
+                [t.handle for t in in_flight]), patience=60)
+        except Unavailable as cancel_error:
+            self.console.print(f"[red]could not cancel the trials: {cancel_error}[/]")
+        for trial in in_flight:
+            trial.state, trial.reason, trial.ended = S.FAILED, self.lost, time.monotonic()
+            self._unrecorded.add(trial.index)
+        self.tracking.stop = self.hard_stop
+        for trial in [t for t in self.trials if t.index in self._unrecorded]:
+            try:
+                self._record_end(trial, {})
+                self._unrecorded.discard(trial.index)
+            except Unavailable:
+                break
+        unrecorded = [t.run_id for t in self.trials if t.index in self._unrecorded]
+        if unrecorded:
+            self.console.print(f"[red]runs left RUNNING ({', '.join(unrecorded)}): run the "
+                               "same command again once the server is back to record them[/]")
+
     def _poll(self) -> None:
+        """One round: the backend's view of every trial in flight (one listing), their runs'
+        latest metrics (one query) and new epochs' values (one query), then decisions."""
         in_flight = [t for t in self.trials if t.state.in_flight and t.handle is not None]
         if not in_flight:
             return
         observed = self._observe(in_flight)
-        snapshots = self._snapshots(in_flight)
+        self._read_metrics(in_flight)
         for trial in in_flight:
-            snap = snapshots.get(trial.run_id)
-            if snap is not None:
-                trial.metrics = snap.metrics
             seen = observed.get(trial.index)
             if seen is None:
                 continue
             if seen.state.ended:
-                self._end(trial, seen.state, seen.reason, snap)
+                self._end(trial, seen.state, seen.reason)
             else:
                 self._update(trial, seen)
         self._apply_stopping_rule()
@@ -260,18 +298,41 @@ class Sweep:
 
     def _observe(self, trials) -> dict:
         try:
-            return self._retry_backend("watch the trials",
-                                       lambda: self.backend.observe(trials), patience=60)
+            observed = self._retry_backend("watch the trials",
+                                           lambda: self.backend.observe(trials),
+                                           patience=min(30.0, self.tracking.outage_seconds))
+            self._unreachable.pop("cluster", None)
+            return observed
         except Unavailable as error:
-            self.console.print(f"[yellow]cannot see the trials: {error}[/]")
+            self._note_unreachable("cluster", error)
             return {}
 
-    def _snapshots(self, trials) -> dict:
+    def _read_metrics(self, trials) -> None:
+        metric = self.spec.objective.metric
         try:
-            return self.tracking.snapshots(self.experiment_id, [t.run_id for t in trials])
+            snapshots = self.tracking.snapshots(self.experiment_id, [t.run_id for t in trials])
+            advanced = []
+            for trial in trials:
+                snap = snapshots.get(trial.run_id)
+                if snap is not None:
+                    trial.metrics = snap.metrics
+                    if snap.steps.get(metric, -1) + 1 > len(trial.history):
+                        advanced.append(trial)
+            histories = self.tracking.histories([t.run_id for t in advanced], metric)
+            for trial in advanced:
+                trial.history = histories.get(trial.run_id, trial.history)
+            self._unreachable.pop("tracking server", None)
         except Unavailable as error:
-            self.console.print(f"[yellow]tracking server unreachable: {error}[/]")
-            return {}
+            self._note_unreachable("tracking server", error)
+
+    def _note_unreachable(self, what: str, error: Unavailable) -> None:
+        """Keep going through a short outage; give up after `outage_seconds` of it."""
+        since = self._unreachable.setdefault(what, time.monotonic())
+        if time.monotonic() - since > self.tracking.outage_seconds:
+            raise Unavailable(f"{what} unreachable since {time.monotonic() - since:.0f}s "
+                              f"ago: {error}")
+        self.console.print(f"[yellow]{what} unreachable ({error}); retrying[/]",
+                           highlight=False)
 
     def _update(self, trial: Trial, seen) -> None:
         changed = seen.state != trial.state or seen.reason != trial.reason
@@ -372,17 +433,9 @@ class Sweep:
 
     # -- early stopping and the goal ---------------------------------------------------------------
     def _apply_stopping_rule(self) -> None:
-        running = [t for t in self.trials if t.state == S.RUNNING]
-        if self.rule is None or not running:
+        if self.rule is None or not any(t.state == S.RUNNING for t in self.trials):
             return
-        try:
-            histories = self.tracking.histories([t.run_id for t in running],
-                                                self.spec.objective.metric)
-        except Unavailable:
-            return  # decide on the next poll, with metrics already logged
-        for trial in running:
-            trial.history = histories.get(trial.run_id, trial.history)
-        by_index = {t.index: t for t in running}
+        by_index = {t.index: t for t in self.trials if t.state == S.RUNNING}
         for decision in self.rule.decide(self.trials):
             trial = by_index.get(decision.trial_index)
             if trial is not None and trial.state == S.RUNNING:
@@ -417,21 +470,19 @@ class Sweep:
         for trial in [t for t in self.trials if t.state.in_flight and t.handle is not None]:
             self._cancel(trial, state, reason)
 
-    def _end(self, trial: Trial, state: TrialState, reason: str = "", snap=None,
-             tags=None) -> None:
+    def _end(self, trial: Trial, state: TrialState, reason: str = "", tags=None) -> None:
         """Record how a trial ended on its run (reason, full log, status), then let go of it."""
         trial.ended = time.monotonic()
         trial.state, trial.reason = state, reason
         if trial.run_id:
-            try:
-                self._record_end(trial, snap, tags or {})
-            except Unavailable as error:
-                trial.reason += f" (not recorded: {error})"
+            self._unrecorded.add(trial.index)
+            self._record_end(trial, tags or {})  # Unavailable: the sweep gives up
+            self._unrecorded.discard(trial.index)
         self.progress.event(trial, str(trial.state) + (f": {trial.reason}" if trial.reason
                                                        else ""))
         report.update_note(self, self.parent_id)
 
-    def _record_end(self, trial: Trial, snap, tags: dict) -> None:
+    def _record_end(self, trial: Trial, tags: dict) -> None:
         run = self.tracking.get_run(trial.run_id)
         trial.metrics = dict(run.data.metrics)
         if trial.state == S.FINISHED and run.info.status == "FAILED":  # exited 0, run failed
@@ -513,6 +564,8 @@ class Sweep:
         return sum(t.state == S.FAILED for t in self.trials)
 
     def _final_status(self) -> str:
+        if self.lost:
+            return "FAILED"
         if self.interrupted.is_set():
             return "KILLED"
         return "FAILED" if self.failures() else "FINISHED"
