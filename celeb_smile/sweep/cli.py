@@ -49,6 +49,7 @@ def build_parser():
         help="how long the tracking server or the cluster may be unreachable before the "
              "sweep gives up (default 300)")
     add("--poll-seconds", type=float, default=3.0, help=argparse.SUPPRESS)
+    add("--stats-file", help=argparse.SUPPRESS)  # benchmarks: per-poll API calls, JSON lines
     return parser
 
 
@@ -131,7 +132,8 @@ def main(argv=None) -> int:
     configure_driver_http()
     sweep = Sweep(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
                   rerun=args.rerun, poll_seconds=args.poll_seconds,
-                  pending_timeout=args.pending_timeout, outage_seconds=args.outage_timeout)
+                  pending_timeout=args.pending_timeout, outage_seconds=args.outage_timeout,
+                  stats_path=args.stats_file)
     try:
         return sweep.run()
     except KeyboardInterrupt:  # while preparing (e.g. building the image): nothing submitted

@@ -42,7 +42,7 @@ class HardStop(BaseException):
 class Sweep:
     def __init__(self, spec, backend, console, *, tracking_uri: str, rerun=False,
                  poll_seconds=3.0, promote=False, warm_start=False,
-                 pending_timeout=900.0, outage_seconds=300.0):
+                 pending_timeout=900.0, outage_seconds=300.0, stats_path=None):
         self.spec = spec
         self.backend = backend
         self.console = console
@@ -52,6 +52,7 @@ class Sweep:
         self.promote = promote
         self.warm_start = warm_start
         self.pending_timeout = pending_timeout
+        self.stats_path = stats_path  # JSON lines of per-poll API calls (benchmarks)
         self.interrupted = threading.Event()  # first Ctrl-C: no more submissions, cancel
         self.hard_stop = threading.Event()  # second Ctrl-C
         self.tracking = Tracking(self.interrupted, outage_seconds, on_retry=self._retrying)
@@ -283,8 +284,11 @@ class Sweep:
         in_flight = [t for t in self.trials if t.state.in_flight and t.handle is not None]
         if not in_flight:
             return
+        calls_before = self.backend.calls + self.tracking.calls
         observed = self._observe(in_flight)
         self._read_metrics(in_flight)
+        self._stat(in_flight=len(in_flight),
+                   api_calls=self.backend.calls + self.tracking.calls - calls_before)
         for trial in in_flight:
             seen = observed.get(trial.index)
             if seen is None:
@@ -393,6 +397,7 @@ class Sweep:
             self._end(trial, S.FAILED, f"submission failed: {error}")
             return
         trial.state, trial.reason = S.SCHEDULED, ""
+        self._stat(submit_s=round(time.monotonic() - trial.started, 3))
         self.progress.event(trial, f"submitted ({trial.handle.describe()})")
 
     def _trial_tags(self, trial: Trial) -> dict[str, str]:
@@ -559,6 +564,11 @@ class Sweep:
     def _record_wall_time(self) -> None:
         self.tracking.patient("record the sweep's time", lambda: self.client.log_metric(
             self.parent_id, "sweep_seconds", self.wall_seconds()))
+
+    def _stat(self, **figures) -> None:
+        if self.stats_path:
+            with open(self.stats_path, "a") as stats:
+                stats.write(json.dumps(figures) + "\n")
 
     def failures(self) -> int:
         return sum(t.state == S.FAILED for t in self.trials)
