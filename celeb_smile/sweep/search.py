@@ -102,15 +102,14 @@ class TPESearch:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        # Seeded by what it learns from, so a rebuilt study continues instead of repeating.
+        ordered = sorted(trials, key=lambda t: (not t.warm_start, t.index))
+        told = [frozen for frozen in map(self._frozen, ordered) if frozen is not None]
+        # Seeded by how much it knows, so a rebuilt study continues instead of repeating.
         sampler = optuna.samplers.TPESampler(
             multivariate=True, constant_liar=True,
-            seed=(self.spec.seed * 1_000_003 + len(trials)) % 2**32)
+            seed=(self.spec.seed * 1_000_003 + len(told)) % 2**32)
         study = optuna.create_study(direction=self.spec.objective.direction, sampler=sampler)
-        for trial in sorted(trials, key=lambda t: (not t.warm_start, t.index)):
-            frozen = self._frozen(trial)
-            if frozen is not None:
-                study.add_trial(frozen)
+        study.add_trials(told)
         return study
 
     def _resolved(self, trial: Trial) -> dict[str, str] | None:
