@@ -67,3 +67,17 @@ class TrialState(str, enum.Enum):
 
 ENDED = frozenset({TrialState.FINISHED, TrialState.FAILED, TrialState.STOPPED,
                    TrialState.KILLED, TrialState.SKIPPED})
+
+# -- MLflow client retries of a training process (local trials get them from the driver,
+# pods from job_template.yaml; a test keeps the two equal). 8 retries with backoff 1 s doubling
+# to urllib3's 120 s cap ride out ~4 minutes of tracking-server outage without losing a point.
+TRAINER_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+# -- Kubernetes labels on a trial's Job and pod (besides app.kubernetes.io/component) ----------
+SWEEP_LABEL = "celeb-smile/sweep-id"  # lists a sweep's Jobs and pods in one call
+RUN_LABEL = "celeb-smile/run-id"  # the trial's MLflow run
+SUBMISSION_TAG = "celeb_smile.submission"  # a token that makes a retried run creation idempotent

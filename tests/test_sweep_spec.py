@@ -4,9 +4,10 @@ import pytest
 
 from celeb_smile.sweep.cli import build_parser, sweep_spec_from_args
 from celeb_smile.sweep.report import best_trial, ranked, summary_csv
-from celeb_smile.sweep.runner import Trial, _same_params
+from celeb_smile.sweep.scheduler import _params_key
 from celeb_smile.sweep.spec import (DEFAULT_GRID, Budget, EarlyStopping, Objective, SweepSpec,
                                     load_spec_file, parse_assignment, resolved, validate)
+from celeb_smile.sweep.trial import Trial
 from tests.conftest import PROJECT_DIR
 
 
@@ -99,13 +100,14 @@ def test_bad_sweep_files_are_rejected(tmp_path):
 def test_resume_matches_runs_on_their_resolved_parameters():
     expected = resolved({"epochs": "2", "randomize_images": "false"})
     logged = dict(expected, learning_rate="0.0010", randomize_images="False")
-    assert _same_params(expected, logged)
-    assert not _same_params(expected, dict(expected, epochs="3"))
-    assert not _same_params(expected, {"epochs": "2"})  # a run of something else
+    assert _params_key(logged) == _params_key(expected)
+    assert _params_key(dict(expected, epochs="3")) != _params_key(expected)
+    assert _params_key({"epochs": "2", "randomize_images": "false"}) == _params_key(expected)
+    assert _params_key({"epochs": "zero"}) is None
 
 
 def make_trial(index, state, value=None):
-    trial = Trial(index, {"convolutions": str(index)}, {}, state=state, run_id=f"r{index}")
+    trial = Trial(index, {"convolutions": str(index)}, state=state, run_id=f"r{index}")
     if value is not None:
         trial.metrics = {"val_accuracy": value}
     return trial

@@ -5,6 +5,7 @@ import os
 import sys
 
 from celeb_smile.cli import fail
+from celeb_smile.constants import EXIT_INTERRUPTED, EXIT_TRIAL_FAILED
 
 DEFAULT_CLUSTER_TRACKING_URI = "http://mlflow.celeb-smile.svc.cluster.local:5000"
 EMBEDDED_STORE = "mlflow.db"  # in the current directory; `mlflow ui --backend-store-uri sqlite:///mlflow.db`
@@ -58,6 +59,12 @@ def build_parser():
     add("--no-build", action="store_true",
         help="kubernetes: use the image already pushed (e.g. by `make images`), build nothing")
     add("--rerun", action="store_true", help="run every combination, even those finished before")
+    add("--pending-timeout", type=float, default=900, metavar="SECONDS",
+        help="fail a trial whose pod cannot start (unschedulable, pulling...) for this long "
+             "(default 900)")
+    add("--outage-timeout", type=float, default=300, metavar="SECONDS",
+        help="how long the tracking server or the cluster may be unreachable before the "
+             "sweep gives up (default 300)")
     add("--poll-seconds", type=float, default=3.0, help=argparse.SUPPRESS)
     return parser
 
@@ -105,8 +112,11 @@ def main(argv=None) -> int:
     import mlflow
     from rich.console import Console
 
-    from celeb_smile.sweep.backends import KubernetesBackend, LocalBackend, PreparationError
-    from celeb_smile.sweep.runner import Sweep
+    from celeb_smile.sweep.backends import PreparationError
+    from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
+    from celeb_smile.sweep.backends.local import LocalBackend
+    from celeb_smile.sweep.scheduler import Sweep
+    from celeb_smile.sweep.tracking import Unavailable, configure_driver_http
     from celeb_smile.sweep.spec import PROJECT_DIR, validate
 
     args = build_parser().parse_args(argv)
@@ -137,7 +147,7 @@ def main(argv=None) -> int:
             cluster_uri = (args.cluster_tracking_uri or os.environ.get("KUBE_MLFLOW_TRACKING_URI")
                            or DEFAULT_CLUSTER_TRACKING_URI)
             config_path = Path(args.backend_config or PROJECT_DIR / "kubernetes_config.json")
-            backend = KubernetesBackend(config_path, cluster_uri,
+            backend = KubernetesBackend(config_path, cluster_uri, spec.sweep_id(),
                                         build=not args.no_build)
         else:
             backend = LocalBackend(Path(".sweep") / spec.sweep_id())
@@ -145,15 +155,18 @@ def main(argv=None) -> int:
     except ValueError as error:
         return fail(str(error))
     console.print(f"tracking: {mlflow.get_tracking_uri()}  experiment: {spec.experiment}")
-    sweep = Sweep(spec, backend, console, rerun=args.rerun, poll_seconds=args.poll_seconds)
+    configure_driver_http()
+    sweep = Sweep(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
+                  rerun=args.rerun, poll_seconds=args.poll_seconds,
+                  pending_timeout=args.pending_timeout, outage_seconds=args.outage_timeout)
     try:
         return sweep.run()
     except KeyboardInterrupt:  # while preparing (e.g. building the image): nothing submitted
         print("interrupted before any trial was submitted", file=sys.stderr)
-        return 130
-    except PreparationError as error:
+        return EXIT_INTERRUPTED
+    except (PreparationError, Unavailable) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_TRIAL_FAILED
 
 
 def _check_reachable(tracking_uri: str) -> None:

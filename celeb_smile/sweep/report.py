@@ -148,3 +148,15 @@ def save_plots(rows, spec, client, out_dir: Path) -> list[Path]:
     fig.savefig(curves_png, dpi=100)
     plt.close(fig)
     return [objective_png, curves_png]
+
+
+def prepare_experiment(client, experiment_id: str) -> None:  # TEMPORARY until report lands
+    pass
+
+
+def update_note(sweep, parent_run_id: str) -> None:  # TEMPORARY until report lands
+    pass
+
+
+def params_label(params, varying) -> str:  # TEMPORARY until report lands
+    return ", ".join(f"{name}={params.get(name, '')}" for name in varying) or "defaults"

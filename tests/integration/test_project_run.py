@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 
 from celeb_smile import IMAGE_SHAPE
 from celeb_smile.constants import ERROR_TAG, EPOCH_METRICS, FINAL_METRICS
-from celeb_smile.sweep.backends import docker_free_project
+from tests.helpers.project import docker_free_project
 from tests.conftest import BIN_DIR, PROJECT_DIR
 
 pytestmark = pytest.mark.integration
