@@ -51,6 +51,7 @@ class ListSearch:
     def __init__(self, spec: SweepSpec, name: str):
         self.name = name
         self._combinations = spec.trials()
+        self._keys = [combination(c) for c in self._combinations]
 
     def planned(self) -> int:
         return len(self._combinations)
@@ -58,7 +59,7 @@ class ListSearch:
     def get_suggestions(self, trials: list[Trial], n: int) -> list[dict[str, str]]:
         # Warm start seeds only a search that learns; a grid runs its own combinations.
         present = {combination(trial.params) for trial in trials if not trial.warm_start}
-        fresh = [dict(c) for c in self._combinations if combination(c) not in present]
+        fresh = [dict(c) for c, key in zip(self._combinations, self._keys) if key not in present]
         return fresh[:max(n, 0)]
 
 
