@@ -77,6 +77,11 @@ class TPESearch:
     def planned(self) -> int:
         return self.spec.max_trials
 
+    def startup_trials(self) -> int:
+        """Random trials before TPE models the results: Optuna's 10, but at most a quarter of
+        the sweep (at least 2), so a sweep of a dozen trials is not random search."""
+        return min(10, max(2, self.spec.max_trials // 4))
+
     def get_suggestions(self, trials: list[Trial], n: int) -> list[dict[str, str]]:
         import optuna
 
@@ -107,7 +112,7 @@ class TPESearch:
         told = [frozen for frozen in map(self._frozen, ordered) if frozen is not None]
         # Seeded by how much it knows, so a rebuilt study continues instead of repeating.
         sampler = optuna.samplers.TPESampler(
-            multivariate=True, constant_liar=True,
+            multivariate=True, constant_liar=True, n_startup_trials=self.startup_trials(),
             seed=(self.spec.seed * 1_000_003 + len(told)) % 2**32)
         study = optuna.create_study(direction=self.spec.objective.direction, sampler=sampler)
         study.add_trials(told)
