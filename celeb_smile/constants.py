@@ -26,6 +26,10 @@ LEASE_TAG = "celeb_smile.driver_lease"  # on the parent: '<holder> <expiry epoch
 PARAMS_TAG = "celeb_smile.params"  # short 'name=value, ...' of a trial's varying parameters
 WARM_START_TAG = "celeb_smile.warm_start"  # number of earlier runs that seeded a search
 
+# -- metrics a training run logs (a sweep's objective must be one of them, or declared custom) ---
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")  # step = epoch
+FINAL_METRICS = ("test_loss", "test_accuracy")  # once, after the last epoch
+
 # -- model registry ---------------------------------------------------------------------------
 REGISTERED_MODEL = "celeb-smile"
 CHAMPION_ALIAS = "champion"

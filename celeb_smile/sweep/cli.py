@@ -25,9 +25,26 @@ def build_parser():
         help="values to try for a parameter (repeatable; all combinations are run)")
     add("--param", action="append", default=[], metavar="NAME=VALUE",
         help="a fixed parameter for every trial (repeatable)")
+    add("--search", choices=("grid", "random", "tpe"),
+        help="grid: every combination; random: seeded draws from the sweep file's space; tpe: "
+             "Optuna's TPE over that space, learning from the trials so far (needs --max-trials)."
+             " Default: random with a space, else grid")
     add("--samples", type=int, metavar="N", help="random-search draws from the sweep file's space")
-    add("--seed", type=int, metavar="N", help="seed of the random search")
-    add("--objective", metavar="METRIC", help="metric to rank runs by (default val_accuracy)")
+    add("--max-trials", type=int, metavar="N",
+        help="trials to run: required by tpe; a cap for grid and random")
+    add("--seed", type=int, metavar="N", help="seed of the random or tpe search")
+    add("--objective", metavar="METRIC",
+        help="metric to rank runs by (default val_accuracy): one training logs, "
+             "or a custom one the sweep file declares")
+    add("--early-stopping", choices=("median", "asha", "none"),
+        help="stop hopeless trials early by the median rule or ASHA (settings: the sweep "
+             "file's early_stopping, else the rule's defaults); none: never")
+    add("--goal", type=float, metavar="VALUE",
+        help="end the sweep once a trial's objective reaches VALUE")
+    add("--budget-epochs", type=int, metavar="N",
+        help="submit no new trial once the trials have trained N epochs in total")
+    add("--budget-minutes", type=float, metavar="M",
+        help="submit no new trial after M minutes (running trials finish)")
     add("--direction", choices=("maximize", "minimize"), help="default maximize")
     add("--experiment", metavar="NAME", help="MLflow experiment (default celeb-smile)")
     add("--max-parallel", type=int, metavar="N", help="trials in flight at once (default 2)")
@@ -56,7 +73,7 @@ def build_parser():
 def sweep_spec_from_args(args):
     """The sweep file (if any) with the command line's settings on top; defaults when empty."""
     from celeb_smile.sweep.spec import (DEFAULT_GRID, DEFAULT_PARAMS, SweepSpec,
-                                        load_spec_file, parse_assignment)
+                                        early_stopping_rule, load_spec_file, parse_assignment)
 
     spec = load_spec_file(args.sweep) if args.sweep else SweepSpec()
     if not (args.sweep or args.grid or args.param):
@@ -68,14 +85,24 @@ def sweep_spec_from_args(args):
         name, values = parse_assignment(text, many=True)
         spec.grid[name] = values
     overrides = {"samples": args.samples, "seed": args.seed, "experiment": args.experiment,
-                 "max_parallel": args.max_parallel, "max_failures": args.max_failures}
+                 "max_parallel": args.max_parallel, "max_failures": args.max_failures,
+                 "search": args.search, "max_trials": args.max_trials, "goal": args.goal}
     for name, value in overrides.items():
         if value is not None:
             setattr(spec, name, value)
-    if args.objective:
-        spec.objective.metric = args.objective
+    if args.objective and args.objective != spec.objective.metric:
+        spec.objective.metric, spec.objective.custom = args.objective, False
     if args.direction:
         spec.objective.direction = args.direction
+    if args.early_stopping == "none":
+        spec.early_stopping = None
+    elif args.early_stopping and getattr(spec.early_stopping, "rule", None) != args.early_stopping:
+        spec.early_stopping = early_stopping_rule(args.early_stopping)
+    if args.budget_epochs is not None:
+        spec.budget.trial_epochs = args.budget_epochs
+    if args.budget_minutes is not None:
+        spec.budget.wall_seconds = args.budget_minutes * 60
+    spec.search = spec.strategy()
     return spec
 
 
