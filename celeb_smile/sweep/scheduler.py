@@ -145,7 +145,13 @@ class Sweep:
         grant_trainer(self.tracking_uri, self.experiment_id)
 
     def _close_parent(self) -> None:
-        report.finish(self, self.parent_id)
+        try:
+            report.finish(self, self.parent_id)
+        except Unavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - a report bug must not lose the sweep's end
+            self.console.print(f"report failed: {type(error).__name__}: {error}", style="red",
+                               highlight=False, markup=False)
         self._record_wall_time()
         self.tracking.release_lease(self.parent_id)
         self.tracking.end_run(self.parent_id, self.status)
@@ -463,7 +469,7 @@ class Sweep:
 
     # -- ending trials -------------------------------------------------------------------------------
     def _cancel(self, trial: Trial, state: TrialState, reason: str, tags=None) -> None:
-        self.progress.event(trial, f"stopping: {reason}")
+        self.progress.event(trial, "stopping")
         try:
             self._retry_backend(f"cancel {trial.name}", lambda: self.backend.cancel(trial.handle),
                                 patience=60)
