@@ -29,10 +29,20 @@ WARM_START_TAG = "celeb_smile.warm_start"  # number of earlier runs that seeded 
 # -- metrics a training run logs (a sweep's objective must be one of them, or declared custom) ---
 EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")  # step = epoch
 FINAL_METRICS = ("test_loss", "test_accuracy")  # once, after the last epoch
+# -- experiment tags --------------------------------------------------------------------------
+# MLflow 3's UI opens an experiment in the view its kind names; without it, in the GenAI view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"  # the "Model training" view
 
 # -- model registry ---------------------------------------------------------------------------
 REGISTERED_MODEL = "celeb-smile"
 CHAMPION_ALIAS = "champion"
+# on a model version made from a sweep (with SWEEP_ID_TAG, SWEEP_RUN_TAG and CODE_VERSION_TAG):
+OBJECTIVE_METRIC_TAG = "celeb_smile.objective_metric"  # what "better" means for this version:
+OBJECTIVE_DIRECTION_TAG = "celeb_smile.objective_direction"  # a champion is only compared on
+OBJECTIVE_VALUE_TAG = "celeb_smile.objective_value"  # the same metric AND direction
+DATASET_TAG = "celeb_smile.dataset"
+PROMOTED_BY_TAG = "celeb_smile.promoted_by"  # '<sweep id> <parent run id>' that moved the alias
 
 
 class TrialState(str, enum.Enum):

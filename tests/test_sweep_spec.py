@@ -3,11 +3,9 @@
 import pytest
 
 from celeb_smile.sweep.cli import build_parser, sweep_spec_from_args
-from celeb_smile.sweep.report import best_trial, ranked, summary_csv
 from celeb_smile.sweep.scheduler import _params_key
 from celeb_smile.sweep.spec import (DEFAULT_GRID, Budget, EarlyStopping, Objective, SweepSpec,
                                     load_spec_file, parse_assignment, resolved, validate)
-from celeb_smile.sweep.trial import Trial
 from tests.conftest import PROJECT_DIR
 
 
@@ -104,24 +102,6 @@ def test_resume_matches_runs_on_their_resolved_parameters():
     assert _params_key(dict(expected, epochs="3")) != _params_key(expected)
     assert _params_key({"epochs": "2", "randomize_images": "false"}) == _params_key(expected)
     assert _params_key({"epochs": "zero"}) is None
-
-
-def make_trial(index, state, value=None):
-    trial = Trial(index, {"convolutions": str(index)}, state=state, run_id=f"r{index}")
-    if value is not None:
-        trial.metrics = {"val_accuracy": value}
-    return trial
-
-
-def test_summary_ranks_by_objective_and_best_ignores_failed_runs():
-    trials = [make_trial(1, "FINISHED", 0.7), make_trial(2, "FAILED", 0.9),
-              make_trial(3, "SKIPPED", 0.8), make_trial(4, "FAILED")]
-    order = [t.index for t in ranked(trials, Objective())]
-    assert order == [2, 3, 1, 4]
-    assert best_trial(trials, Objective()).index == 3
-    assert [t.index for t in ranked(trials, Objective(direction="minimize"))] == [1, 3, 2, 4]
-    assert summary_csv(ranked(trials, Objective()), ["convolutions"], "val_accuracy") \
-        .splitlines()[1].startswith("1,trial-02,2,FAILED,0.9,r2")
 
 
 def test_sweep_id_is_stable_and_follows_the_definition():

@@ -65,6 +65,10 @@ def build_parser():
     add("--outage-timeout", type=float, default=300, metavar="SECONDS",
         help="how long the tracking server or the cluster may be unreachable before the "
              "sweep gives up (default 300)")
+    add("--promote", action="store_true",
+        help="register the best trial's model and move celeb-smile@champion to it, if the "
+             "sweep ends FINISHED and its best trial beats the current champion on the same "
+             "objective (without it, nothing is registered)")
     add("--poll-seconds", type=float, default=3.0, help=argparse.SUPPRESS)
     add("--stats-file", help=argparse.SUPPRESS)  # benchmarks: per-poll API calls, JSON lines
     return parser
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
     console.print(f"tracking: {mlflow.get_tracking_uri()}  experiment: {spec.experiment}")
     configure_driver_http()
     sweep = Sweep(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
-                  rerun=args.rerun, poll_seconds=args.poll_seconds,
+                  rerun=args.rerun, poll_seconds=args.poll_seconds, promote=args.promote,
                   pending_timeout=args.pending_timeout, outage_seconds=args.outage_timeout,
                   stats_path=args.stats_file)
     try:
