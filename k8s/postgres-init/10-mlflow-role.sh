@@ -9,11 +9,15 @@ set -euo pipefail
 psql -v ON_ERROR_STOP=1 --no-psqlrc --dbname postgres \
   -v role="$MLFLOW_DB_USER" -v password="$MLFLOW_DB_PASSWORD" \
   -v tracking_db="$MLFLOW_DB_NAME" -v auth_db="$MLFLOW_AUTH_DB_NAME" <<'SQL'
-CREATE ROLE :"role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION
+CREATE ROLE :"role" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION
   PASSWORD :'password';
 CREATE DATABASE :"tracking_db" OWNER :"role";
 CREATE DATABASE :"auth_db" OWNER :"role";
 REVOKE ALL ON DATABASE :"tracking_db" FROM PUBLIC;
 REVOKE ALL ON DATABASE :"auth_db" FROM PUBLIC;
+\connect :"tracking_db"
+ALTER SCHEMA public OWNER TO :"role";
+\connect :"auth_db"
+ALTER SCHEMA public OWNER TO :"role";
 SQL
 echo "created role $MLFLOW_DB_USER owning databases $MLFLOW_DB_NAME and $MLFLOW_AUTH_DB_NAME"

@@ -9,6 +9,7 @@ import time
 import pytest
 from mlflow import MlflowClient
 
+from celeb_smile.sweep.access import grant_trainer
 from tests.conftest import BIN_DIR, PROJECT_DIR, interrupt_when_training, sweep_runs
 
 pytestmark = pytest.mark.cluster
@@ -17,18 +18,25 @@ TINY = ["--param", "epochs=2", "--param", "training_samples=64",
 JOB_PATTERN = re.compile(r"submitted \(job (\S+)\)")
 
 
-def driver_command(*args):
+def driver_command(stack, *args):
     return [str(BIN_DIR / "python"), str(PROJECT_DIR / "driver.py"), "--backend", "kubernetes",
-            "--backend-config", str(PROJECT_DIR / "kubernetes_config.json"),
-            "--poll-seconds", "2", *args]
+            "--backend-config", str(stack.backend_config), "--poll-seconds", "2", *args]
 
 
 def driver_env(stack):
-    return dict(stack.env, MLFLOW_TRACKING_URI=stack.tracking_uri)
+    return dict(stack.env, MLFLOW_TRACKING_URI=stack.tracking_uri,
+                KUBE_MLFLOW_TRACKING_URI=stack.in_cluster_tracking_uri)
+
+
+def granted_experiment(stack, name: str) -> str:
+    """Until the driver grants the trainer itself: the experiment, created and granted."""
+    experiment_id = MlflowClient(stack.tracking_uri).create_experiment(name)
+    grant_trainer(stack.tracking_uri, experiment_id)
+    return name
 
 
 def run_driver(stack, jobs, *args, timeout=900):
-    result = subprocess.run(driver_command(*args), cwd=PROJECT_DIR, env=driver_env(stack),
+    result = subprocess.run(driver_command(stack, *args), cwd=PROJECT_DIR, env=driver_env(stack),
                             capture_output=True, text=True, timeout=timeout)
     jobs.names.extend(JOB_PATTERN.findall(result.stdout))
     return result
@@ -40,7 +48,7 @@ def runs_on(stack, experiment):
 
 
 def test_four_combinations_two_at_a_time_then_rerun_is_a_no_op(cluster_stack, training_jobs):
-    experiment = f"cluster-sweep-{int(time.time())}"
+    experiment = granted_experiment(cluster_stack, f"cluster-sweep-{int(time.time())}")
     args = ["--experiment", experiment, "--max-parallel", "2", "--grid", "convolutions=0,1",
             "--grid", "randomize_images=true,false", *TINY]
     first = run_driver(cluster_stack, training_jobs, *args)
@@ -66,7 +74,7 @@ def test_four_combinations_two_at_a_time_then_rerun_is_a_no_op(cluster_stack, tr
 
 def test_failing_combination_is_reported_with_its_reason_while_others_finish(
         cluster_stack, training_jobs):
-    experiment = f"cluster-fail-{int(time.time())}"
+    experiment = granted_experiment(cluster_stack, f"cluster-fail-{int(time.time())}")
     # The tfds-data volume holds no CelebA: that trial's pod exits 1, the other finishes.
     result = run_driver(cluster_stack, training_jobs, "--experiment", experiment, "--no-build",
                         "--grid", "dataset=synthetic,celeb_a", *TINY)
@@ -83,9 +91,9 @@ def test_failing_combination_is_reported_with_its_reason_while_others_finish(
 
 
 def test_interrupted_sweep_deletes_its_jobs_and_pods(cluster_stack, training_jobs):
-    experiment = f"cluster-cancel-{int(time.time())}"
+    experiment = granted_experiment(cluster_stack, f"cluster-cancel-{int(time.time())}")
     process = subprocess.Popen(
-        driver_command("--experiment", experiment, "--no-build", "--grid", "seed=1,2,3",
+        driver_command(cluster_stack, "--experiment", experiment, "--no-build", "--grid", "seed=1,2,3",
                        "--param", "epochs=100", "--param", "training_samples=256"),
         cwd=PROJECT_DIR, env=driver_env(cluster_stack), stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True)
