@@ -97,6 +97,12 @@ def test_a_port_forward_that_cannot_be_opened_closes_the_connection():
             assert isinstance(_try_get(new_connection(forwarder)), DISCONNECTED)
 
 
+def test_a_port_forward_that_fails_once_is_retried_without_the_client_noticing():
+    with http_pod("pod-a") as pod_a:
+        with forwarder_for(FakePods(pod_a, failing_dials=1)) as forwarder:
+            assert get(new_connection(forwarder)) == "pod-a"
+
+
 def test_a_failed_read_of_the_pods_keeps_the_last_known_ones():
     with http_pod("pod-a") as pod_a:
         pods = FakePods(pod_a)

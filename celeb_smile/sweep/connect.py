@@ -20,6 +20,7 @@ permissions needed in the namespace: get services and endpoints, create pods/por
 from __future__ import annotations
 
 import logging
+import select
 import socket
 import ssl
 import threading
@@ -36,6 +37,7 @@ API_TIMEOUT_SECONDS = 5.0     # every Kubernetes API call, and opening a port-fo
 REFRESH_SECONDS = 1.0         # how often the Service's Ready pods are read again
 DRAIN_SECONDS = 3.0           # a connection to a pod that left the Service ends after this
 WAIT_FOR_POD_SECONDS = 5.0    # a new connection waits this long for a Ready pod, then is closed
+DIAL_ATTEMPTS = 3             # port-forwards tried per connection (the API server may blip)
 READY_TIMEOUT_SECONDS = 60.0  # at start: for a Ready pod and the server's /health
 HEALTH_TIMEOUT_SECONDS = 5.0
 PORTFORWARD_PROTOCOL = "v4.channel.k8s.io"  # data on channel 0, errors on channel 1
@@ -90,53 +92,69 @@ class PodTarget:
 
 
 class Stream(Protocol):
-    """A byte stream to one pod's port (a port-forward websocket, or a test double)."""
+    """A byte stream to one pod's port (a port-forward websocket, or a test double). Used by
+    one thread at a time: TLS connections must not be read and written concurrently."""
 
+    def fileno(self) -> int: ...
     def send(self, data: bytes) -> None: ...
-    def recv(self) -> bytes: ...  # b"" at the end
+    def recv(self) -> bytes | None: ...  # b"" at the end; None: nothing for the client (yet)
+    def pending(self) -> bool: ...  # data buffered above the socket (TLS), readable now
+    def shutdown(self) -> None: ...  # wakes a thread blocked on it; the socket stays allocated
     def close(self) -> None: ...
 
 
 class _Link:
-    """One local client connection carried to one pod; close() ends both sides at once."""
+    """One local client connection carried to one pod by one thread (select over both ends).
+    stop() only shuts the sockets down, which wakes the thread; the thread itself closes them,
+    so a socket's number is never reused while a call on it is still under way."""
 
     def __init__(self, client: socket.socket, stream: Stream, target: PodTarget):
         self.client, self.stream, self.target = client, stream, target
         self.left_service_at: float | None = None
-        self._closed = threading.Event()
-        self._lock = threading.Lock()
+        self._stopped = threading.Event()
 
     def start(self, on_end: Callable[[_Link], None]) -> None:
-        for name, pump in (("to-pod", self._to_pod), ("from-pod", self._from_pod)):
-            threading.Thread(target=self._run, args=(pump, on_end), daemon=True,
-                             name=f"tracking-forward-{name}-{self.target.pod}").start()
+        threading.Thread(target=self._run, args=(on_end,), daemon=True,
+                         name=f"tracking-forward-{self.target.pod}").start()
 
-    def _run(self, pump, on_end) -> None:
+    def _run(self, on_end) -> None:
         try:
-            pump()
-        except Exception as error:  # a closed socket or websocket: the link is over
+            self._pump()
+        except Exception as error:  # a reset, a closed websocket: the link is over
             log.debug("link to %s ended: %s", self.target.pod, error)
         finally:
-            self.close()
+            self.stop()
+            for end in (self.client, self.stream):
+                try:
+                    end.close()
+                except OSError:
+                    pass
             on_end(self)
 
-    def _to_pod(self) -> None:
-        while data := self.client.recv(65536):
-            self.stream.send(data)
+    def _pump(self) -> None:
+        while not self._stopped.is_set():
+            readable = [self.stream] if self.stream.pending() else []
+            if not readable:
+                readable, _, _ = select.select([self.client, self.stream], [], [])
+            if self.client in readable:
+                data = self.client.recv(65536)
+                if not data:
+                    return
+                self.stream.send(data)
+            if self.stream in readable:
+                data = self.stream.recv()
+                if data == b"":
+                    return
+                if data:
+                    self.client.sendall(data)
 
-    def _from_pod(self) -> None:
-        while data := self.stream.recv():
-            self.client.sendall(data)
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed.is_set():
-                return
-            self._closed.set()
-        for action in (lambda: self.client.shutdown(socket.SHUT_RDWR), self.client.close,
-                       self.stream.close):
+    def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        for shutdown in (lambda: self.client.shutdown(socket.SHUT_RDWR), self.stream.shutdown):
             try:
-                action()
+                shutdown()
             except OSError:
                 pass
 
@@ -190,7 +208,7 @@ class Forwarder:
         with self._links_lock:
             links = list(self._links)
         for link in links:
-            link.close()
+            link.stop()
 
     def wait_for_pod(self, timeout: float) -> PodTarget | None:
         deadline = time.monotonic() + timeout
@@ -227,7 +245,7 @@ class Forwarder:
                 link.left_service_at = now
             elif now - link.left_service_at >= self._drain_seconds:
                 log.info("closing a connection to %s, which left the Service", link.target.pod)
-                link.close()
+                link.stop()
 
     def _watch_pods(self) -> None:
         while not self._stopping.wait(self._refresh_seconds):
@@ -242,18 +260,24 @@ class Forwarder:
             except OSError:
                 return
             client.settimeout(None)
+            client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # requests are small
             threading.Thread(target=self._connect, args=(client,), daemon=True,
                              name="tracking-forward-connect").start()
 
     def _connect(self, client: socket.socket) -> None:
-        target = self.wait_for_pod(self._wait_for_pod_seconds)
-        stream = None
-        if target is not None:
+        # What the client sent meanwhile waits in the socket, so a failed dial can be retried.
+        deadline = time.monotonic() + self._wait_for_pod_seconds
+        stream = target = None
+        for _ in range(DIAL_ATTEMPTS):
+            target = self.wait_for_pod(max(0.0, deadline - time.monotonic()))
+            if target is None or self._stopping.is_set():
+                break
             try:
                 stream = self._dial(target)
+                break
             except Exception as error:
-                log.warning("could not open a port-forward to %s: %s", target.pod, error)
-                self.refresh()  # it may have just gone: the next connection finds the new one
+                log.info("could not open a port-forward to %s: %s", target.pod, error)
+                self.refresh()  # it may have just gone
         if stream is None:
             client.close()  # the client retries; nothing waits on a dead pod
             return
@@ -344,34 +368,40 @@ class PodPortStream:
         self._ws.settimeout(None)  # idle keep-alive connections are normal; close() wakes recv
         self._opened_channels: set[int] = set()
 
+    def fileno(self) -> int:
+        return self._ws.sock.fileno()
+
+    def pending(self) -> bool:
+        sock = self._ws.sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
     def send(self, data: bytes) -> None:
         import websocket
 
         self._ws.send(b"\x00" + data, opcode=websocket.ABNF.OPCODE_BINARY)
 
-    def recv(self) -> bytes:
+    def recv(self) -> bytes | None:
+        """One websocket frame's data for the client; None for a frame that carries none."""
         import websocket
 
-        while True:
-            opcode, frame = self._ws.recv_data_frame(True)
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return b""
-            if opcode != websocket.ABNF.OPCODE_BINARY or not frame.data:
-                continue
-            channel, payload = frame.data[0], frame.data[1:]
-            if channel not in self._opened_channels:  # each channel opens with its port number
-                self._opened_channels.add(channel)
-                payload = payload[2:]
-            if channel == 1 and payload:
-                raise ConnectionError(payload.decode(errors="replace"))
-            if channel == 0 and payload:
-                return payload
+        opcode, frame = self._ws.recv_data_frame(True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return b""
+        if opcode != websocket.ABNF.OPCODE_BINARY or not frame.data:
+            return None
+        channel, payload = frame.data[0], frame.data[1:]
+        if channel not in self._opened_channels:  # each channel opens with its port number
+            self._opened_channels.add(channel)
+            payload = payload[2:]
+        if channel == 1 and payload:  # the error channel: e.g. connection refused in the pod
+            raise ConnectionError(payload.decode(errors="replace"))
+        return payload if channel == 0 and payload else None
+
+    def shutdown(self) -> None:
+        self._ws.abort()
 
     def close(self) -> None:
-        try:
-            self._ws.abort()
-        finally:
-            self._ws.shutdown()
+        self._ws.shutdown()
 
 
 def _ssl_options(configuration) -> dict:

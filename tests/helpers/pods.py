@@ -80,26 +80,33 @@ class TcpStream:
         self._socket = socket.create_connection(address, timeout=5)
         self._socket.settimeout(None)
 
+    def fileno(self) -> int:
+        return self._socket.fileno()
+
+    def pending(self) -> bool:
+        return False
+
     def send(self, data: bytes) -> None:
         self._socket.sendall(data)
 
     def recv(self) -> bytes:
         return self._socket.recv(65536)
 
+    def shutdown(self) -> None:
+        self._socket.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
-        try:
-            self._socket.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._socket.close()
 
 
 class FakePods:
     """The Service's Ready pods (what Forwarder reads) and the dialer to them."""
 
-    def __init__(self, *pods: Pod, dial_error: Exception | None = None):
+    def __init__(self, *pods: Pod, dial_error: Exception | None = None, failing_dials: int = 0):
+        """dial_error: every dial fails with it; failing_dials: only the first N fail."""
         self.pods = list(pods)
         self.dial_error = dial_error
+        self.failing_dials = failing_dials
         self.read_error: Exception | None = None
 
     def replace_with(self, *pods: Pod) -> None:
@@ -113,5 +120,8 @@ class FakePods:
     def dial(self, target: PodTarget) -> TcpStream:
         if self.dial_error is not None:
             raise self.dial_error
+        if self.failing_dials > 0:
+            self.failing_dials -= 1
+            raise ConnectionError("the API server closed the port-forward")
         pod = next(pod for pod in self.pods if pod.name == target.pod)
         return TcpStream(pod.address)
