@@ -39,9 +39,11 @@ def test_bad_sweeps_exit_2_without_creating_a_store(in_tmp, capsys, argv, messag
     assert list(in_tmp.iterdir()) == []
 
 
-def test_kubernetes_needs_a_tracking_server(in_tmp, capsys, monkeypatch):
-    assert driver_main(["--backend", "kubernetes"]) == 2
-    assert "needs a tracking server" in error_line(capsys)
+def test_kubernetes_without_a_tracking_uri_connects_through_the_kubernetes_api(in_tmp, capsys,
+                                                                              monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert driver_main(["--backend", "kubernetes", "--no-build"]) == 2
+    assert error_line(capsys).startswith("error: no Kubernetes credentials")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp}/mlflow.db")
     assert driver_main(["--backend", "kubernetes"]) == 2
     assert "pods cannot reach" in error_line(capsys)

@@ -14,6 +14,7 @@ from rich.console import Console
 from celeb_smile.constants import (CODE_VERSION_TAG, EXIT_BAD_INPUT, EXIT_INTERRUPTED,
                                    EXIT_OK, EXIT_TRIAL_FAILED, LEASE_TAG, PARAMS_TAG,
                                    REASON_TAG, SWEEP_ID_TAG, TRIAL_INDEX_TAG)
+from celeb_smile.constants import TrialState
 from celeb_smile.sweep.scheduler import Sweep
 from celeb_smile.sweep.spec import SweepSpec
 from tests.helpers.fake_backend import ADOPT_TAG, FakeBackend
@@ -180,3 +181,39 @@ def test_an_outage_longer_than_the_limit_fails_the_trials_and_cancels_them(store
     runs = trial_runs(store)
     assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
     assert all("outage" in r.data.tags[REASON_TAG] for r in runs)
+
+
+def test_a_warm_started_search_is_told_the_finished_trials_of_earlier_sweeps(store):
+    def tpe_sweep(seed, max_trials, **settings):
+        spec = SweepSpec(experiment="unit", params={"epochs": "3"}, search="tpe", seed=seed,
+                         random_space={"learning_rate": {"loguniform": [0.001, 0.05]}},
+                         max_trials=max_trials)
+        return Sweep(spec, FakeBackend(), Console(file=io.StringIO()), poll_seconds=0,
+                     tracking_uri=mlflow.get_tracking_uri(), **settings)
+
+    first = tpe_sweep(seed=1, max_trials=3)
+    assert first.run() == EXIT_OK
+    mlflow.end_run()
+    second = tpe_sweep(seed=2, max_trials=2, warm_start=True)
+    assert second.run() == EXIT_OK
+    assert sorted(t.run_id for t in second.warm) == sorted(t.run_id for t in first.trials)
+    assert all(t.state == TrialState.FINISHED and t.warm_start for t in second.warm)
+    assert len(second.trials) == 2  # warm-start trials do not count toward max_trials
+
+
+def test_goal_reached_ends_the_sweep_and_stops_the_trials_in_flight(store):
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.05", "0.001", "0.002", "0.003"]},
+                       max_parallel=1)
+    sweep.spec.goal = 0.7
+    assert sweep.run() == EXIT_OK
+    assert "goal" in sweep.ended_because
+    assert [t.state for t in sweep.trials] == [TrialState.FINISHED]
+
+
+def test_the_trial_epochs_budget_closes_submissions_and_running_trials_finish(store):
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.02", "0.03", "0.04"]})
+    sweep.spec.budget.trial_epochs = 3
+    assert sweep.run() == EXIT_OK
+    assert "budget" in sweep.ended_because
+    assert len(sweep.trials) == 2  # both first trials finish their 3 epochs; no third
+    assert all(t.state == TrialState.FINISHED for t in sweep.trials)

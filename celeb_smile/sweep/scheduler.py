@@ -214,8 +214,8 @@ class Sweep:
         runs = self.tracking.runs(self.experiment_id, self._same_code_finished())
         mine = {t.run_id for t in self.trials}
         for run in runs:
-            if run.info.run_id in mine or SWEEP_ID_TAG not in run.data.tags:
-                continue
+            if run.info.run_id in mine or "mlflow.parentRunId" not in run.data.tags:
+                continue  # this sweep's own, or a sweep's parent run
             self.warm.append(Trial(0, self._spec_params(run.data.params), state=S.FINISHED,
                                    run_id=run.info.run_id, metrics=dict(run.data.metrics),
                                    warm_start=True))
