@@ -20,6 +20,7 @@ from rich.table import Table
 from celeb_smile.constants import (BEST_RUN_TAG, EXPERIMENT_KIND_MODEL_TRAINING,
                                    EXPERIMENT_KIND_TAG, REGISTERED_MODEL, TrialState)
 from celeb_smile.sweep import plots, promotion
+from celeb_smile.sweep.retry import Unavailable
 from celeb_smile.sweep.progress import STATE_WORDS, label, params_label, styled_state
 
 __all__ = ["prepare_experiment", "update_note", "finish", "params_label", "ranked",
@@ -86,6 +87,8 @@ def finish(sweep, parent_run_id: str) -> None:
                           highlight=False)
     try:
         _record(sweep, parent_run_id, rows)
+    except Unavailable:
+        raise  # the scheduler's to handle: the tracking server is gone
     except Exception as error:  # a report is a convenience: never lose the sweep over it
         console.print(f"[yellow]summary or plots not recorded: {escape(str(error))}[/]")
     best = best_trial(sweep.trials, spec.objective)
@@ -98,6 +101,8 @@ def finish(sweep, parent_run_id: str) -> None:
         try:
             outcome = promotion.promote(client, sweep, best, parent_run_id,
                                         getattr(sweep, "registered_model", REGISTERED_MODEL))
+        except Unavailable:
+            raise
         except Exception as error:  # the registry failed: the sweep's results still stand
             outcome = promotion.Outcome(None, f"not promoted: the model registry failed: {error}")
     update_note(sweep, parent_run_id, outcome.message if outcome else "")
@@ -238,6 +243,8 @@ def update_note(sweep, parent_run_id: str, promotion_message: str = "") -> None:
     printed, never raised: the note is a view of the sweep, not part of it."""
     try:
         _write_note(sweep, parent_run_id, promotion_message)
+    except Unavailable:
+        raise
     except Exception as error:
         sweep.console.print(f"[yellow]the sweep run's description was not updated: "
                             f"{escape(str(error))}[/]")
