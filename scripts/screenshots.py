@@ -116,7 +116,6 @@ def _capture(uri: str, experiment_id: str, parent: str, out: Path) -> None:
         _close_assistant(page)
         page.locator("button[data-component-id*='runnamecellrenderer']").first.click()
         page.wait_for_timeout(1500)
-        _widen_run_names(page)
         _shoot(page, out / "ui-experiment-runs.png")
 
         page.goto(f"{uri}/#/experiments/{experiment_id}/runs?{view}&compareRunsMode=CHART")
@@ -139,19 +138,6 @@ def _capture(uri: str, experiment_id: str, parent: str, out: Path) -> None:
 def _close_assistant(page) -> None:
     with contextlib.suppress(Exception):
         page.get_by_role("button", name="Close").first.click(timeout=3000)
-        page.wait_for_timeout(500)
-
-
-def _widen_run_names(page, pixels: int = 200) -> None:
-    """Drag the Run Name column wider: trial names are '<sweep id>/trial-NN'."""
-    with contextlib.suppress(Exception):
-        header = page.locator(".ag-header-cell", has_text="Run Name").first
-        box = header.locator(".ag-header-cell-resize").bounding_box(timeout=3000)
-        x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-        page.mouse.move(x, y)
-        page.mouse.down()
-        page.mouse.move(x + pixels, y, steps=10)
-        page.mouse.up()
         page.wait_for_timeout(500)
 
 
