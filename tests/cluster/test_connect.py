@@ -47,7 +47,7 @@ def test_the_connection_follows_a_restarted_server_pod_at_the_same_address(own_s
 
 def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack):
     process = subprocess.Popen(
-        [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "mlflow_ui.py"),
+        [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "tracking.py"),
          "--namespace", own_stack.namespace, "--port", "0"],
         env=own_stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -64,6 +64,19 @@ def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_command_runs_with_both_tracking_addresses_set(own_stack):
+    probe = ("import os, sys, urllib.request\n"
+             "urllib.request.urlopen(os.environ['MLFLOW_TRACKING_URI'] + '/health', timeout=30)\n"
+             "print(os.environ['KUBE_MLFLOW_TRACKING_URI'])\n"
+             "sys.exit(3)\n")
+    result = subprocess.run(
+        [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "tracking.py"),
+         "--namespace", own_stack.namespace, "--port", "0", "--", str(BIN_DIR / "python"), "-c",
+         probe], env=own_stack.env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 3, result.stderr  # the command's own exit code
+    assert result.stdout.strip() == in_cluster_tracking_uri(own_stack.namespace)
 
 
 def test_the_services_clusterip_is_refused_in_one_line(own_stack):
