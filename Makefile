@@ -5,8 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 REGISTRY ?= localhost:5001
 TRAIN_IMAGE := $(REGISTRY)/celeb-smile-train:0.1.0
-SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2
-NAMESPACE := celeb-smile
+# The server's tag is k8s/kustomization.yaml's (bumped whenever the image changes).
+SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r2
+NAMESPACE ?= celeb-smile
+KUBECTL ?= kubectl
 PYTEST_ARGS ?=
 
 .PHONY: help venv test test-unit sweep cluster images deploy ui data port-forward undeploy clean
@@ -40,10 +42,14 @@ images:  ## build the training and tracking-server images and push them to $(REG
 	docker push $(TRAIN_IMAGE)
 	docker push $(SERVER_IMAGE)
 
-deploy:  ## deploy the tracking server and PostgreSQL (k8s/) and wait until they are ready
-	kubectl apply -k k8s/
-	kubectl -n $(NAMESPACE) rollout status deployment/postgres --timeout=300s
-	kubectl -n $(NAMESPACE) rollout status deployment/mlflow --timeout=300s
+deploy:  ## deploy the tracking server and PostgreSQL into $(NAMESPACE), images from $(REGISTRY)
+	@# Writes .deploy/$(NAMESPACE)/ (git-ignored: the overlay, the backend config, and random
+	@# secrets made on first use), applies it, and waits until both Deployments are ready.
+	overlay=$$($(PYTHON) -m celeb_smile.deploy --namespace '$(NAMESPACE)' --registry '$(REGISTRY)') \
+	  && $(KUBECTL) apply -k "$$overlay" \
+	  && $(KUBECTL) -n '$(NAMESPACE)' rollout status deployment/postgres --timeout=300s \
+	  && $(KUBECTL) -n '$(NAMESPACE)' rollout status deployment/mlflow --timeout=300s \
+	  && echo "deployed to namespace $(NAMESPACE); backend config: $$overlay/kubernetes_config.json"
 
 ui: venv  ## open the in-cluster MLflow UI on http://127.0.0.1:5000 (follows the server's pod; Ctrl-C ends)
 	$(BIN)/python scripts/tracking.py --namespace $(NAMESPACE)
@@ -52,10 +58,10 @@ data:  ## prepare CelebA into the tfds-data volume (a Job; needs `make images` a
 	scripts/prepare-data.sh $(NAMESPACE) $(TRAIN_IMAGE)
 
 port-forward:  ## plain `kubectl port-forward` to the server (ends when its pod does; prefer `make ui`)
-	kubectl -n $(NAMESPACE) port-forward service/mlflow 5000:5000
+	$(KUBECTL) -n '$(NAMESPACE)' port-forward service/mlflow 5000:5000
 
-undeploy:  ## delete the namespace with the server, its database and every training Job
-	kubectl delete -k k8s/ --ignore-not-found
+undeploy:  ## delete namespace $(NAMESPACE): server, database, volumes and every training Job
+	$(KUBECTL) delete namespace '$(NAMESPACE)' --ignore-not-found --wait=true --timeout=300s
 
 clean:  ## remove the local venv, tracking store and caches
 	rm -rf $(VENV) mlruns mlartifacts mlflow.db .pytest_cache *.egg-info

@@ -34,8 +34,10 @@ def wait_for_http(url: str, timeout: float = 60.0, process=None) -> None:
 
 
 @contextlib.contextmanager
-def mlflow_server(backend_store_uri: str, root: Path, workers: int = 1):
+def mlflow_server(backend_store_uri: str, root: Path, workers: int = 1,
+                  app_name: str | None = None, env: dict[str, str] | None = None):
     """Serve `backend_store_uri` (artifacts under `root`, served by the server); yield its URI.
+    `app_name` (e.g. "basic-auth") and `env` (its settings) are passed on to `mlflow server`.
     The server and its workers are stopped together afterwards."""
     root = Path(root)
     port = free_port()
@@ -45,8 +47,10 @@ def mlflow_server(backend_store_uri: str, root: Path, workers: int = 1):
         process = subprocess.Popen(
             [str(mlflow_cli), "server", "--host", LOOPBACK, "--port", str(port),
              "--backend-store-uri", backend_store_uri, "--serve-artifacts",
-             "--artifacts-destination", str(root / "artifacts"), "--workers", str(workers)],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+             "--artifacts-destination", str(root / "artifacts"), "--workers", str(workers),
+             *(["--app-name", app_name] if app_name else [])],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **(env or {})})
     uri = f"http://{LOOPBACK}:{port}"
     try:
         try:

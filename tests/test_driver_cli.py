@@ -3,6 +3,9 @@
 import pytest
 
 from celeb_smile.sweep.cli import main as driver_main
+from tests.conftest import PROJECT_DIR
+
+TPE_FILE = str(PROJECT_DIR / "sweeps" / "tpe-asha.yaml")
 
 
 @pytest.fixture
@@ -23,6 +26,12 @@ def error_line(capsys) -> str:
     (["--grid", "convolutions=1,-2"], "error: convolutions must be 0 or more, got -2"),
     (["--param", "epochs"], "error: expected NAME=VALUE, got 'epochs'"),
     (["--sweep", "missing.yaml"], "error: cannot read sweep file missing.yaml"),
+    (["--objective", "val_acc"], "error: objective 'val_acc' is not a metric training logs"),
+    (["--search", "tpe"], "error: a tpe search needs max_trials"),
+    (["--sweep", TPE_FILE, "--objective", "test_loss", "--direction", "minimize"],
+     "error: early stopping needs a metric logged every epoch"),
+    (["--sweep", TPE_FILE, "--budget-minutes", "0"], "error: budget.wall_minutes must be positive"),
+    (["--param", "learning_rate=1e-3x"], "error: learning_rate must be float"),
 ])
 def test_bad_sweeps_exit_2_without_creating_a_store(in_tmp, capsys, argv, message):
     assert driver_main(argv) == 2

@@ -5,6 +5,7 @@ import os
 import sys
 
 from celeb_smile.cli import fail
+from celeb_smile.constants import EXIT_INTERRUPTED, EXIT_TRIAL_FAILED
 from celeb_smile.sweep.connect import in_cluster_tracking_uri
 
 DEFAULT_NAMESPACE = "celeb-smile"  # when the job template names none
@@ -26,9 +27,26 @@ def build_parser():
         help="values to try for a parameter (repeatable; all combinations are run)")
     add("--param", action="append", default=[], metavar="NAME=VALUE",
         help="a fixed parameter for every trial (repeatable)")
+    add("--search", choices=("grid", "random", "tpe"),
+        help="grid: every combination; random: seeded draws from the sweep file's space; tpe: "
+             "Optuna's TPE over that space, learning from the trials so far (needs --max-trials)."
+             " Default: random with a space, else grid")
     add("--samples", type=int, metavar="N", help="random-search draws from the sweep file's space")
-    add("--seed", type=int, metavar="N", help="seed of the random search")
-    add("--objective", metavar="METRIC", help="metric to rank runs by (default val_accuracy)")
+    add("--max-trials", type=int, metavar="N",
+        help="trials to run: required by tpe; a cap for grid and random")
+    add("--seed", type=int, metavar="N", help="seed of the random or tpe search")
+    add("--objective", metavar="METRIC",
+        help="metric to rank runs by (default val_accuracy): one training logs, "
+             "or a custom one the sweep file declares")
+    add("--early-stopping", choices=("median", "asha", "none"),
+        help="stop hopeless trials early by the median rule or ASHA (settings: the sweep "
+             "file's early_stopping, else the rule's defaults); none: never")
+    add("--goal", type=float, metavar="VALUE",
+        help="end the sweep once a trial's objective reaches VALUE")
+    add("--budget-epochs", type=int, metavar="N",
+        help="submit no new trial once the trials have trained N epochs in total")
+    add("--budget-minutes", type=float, metavar="M",
+        help="submit no new trial after M minutes (running trials finish)")
     add("--direction", choices=("maximize", "minimize"), help="default maximize")
     add("--experiment", metavar="NAME", help="MLflow experiment (default celeb-smile)")
     add("--max-parallel", type=int, metavar="N", help="trials in flight at once (default 2)")
@@ -43,14 +61,28 @@ def build_parser():
     add("--no-build", action="store_true",
         help="kubernetes: use the image already pushed (e.g. by `make images`), build nothing")
     add("--rerun", action="store_true", help="run every combination, even those finished before")
+    add("--pending-timeout", type=float, default=900, metavar="SECONDS",
+        help="fail a trial whose pod cannot start (unschedulable, pulling...) for this long "
+             "(default 900)")
+    add("--outage-timeout", type=float, default=300, metavar="SECONDS",
+        help="how long the tracking server or the cluster may be unreachable before the "
+             "sweep gives up (default 300)")
+    add("--promote", action="store_true",
+        help="register the best trial's model and move celeb-smile@champion to it, if the "
+             "sweep ends FINISHED and its best trial beats the current champion on the same "
+             "objective (without it, nothing is registered)")
+    add("--warm-start", action="store_true",
+        help="seed an adaptive search (tpe) with the FINISHED runs of the same experiment made "
+             "by the same code")
     add("--poll-seconds", type=float, default=3.0, help=argparse.SUPPRESS)
+    add("--stats-file", help=argparse.SUPPRESS)  # benchmarks: per-poll API calls, JSON lines
     return parser
 
 
 def sweep_spec_from_args(args):
     """The sweep file (if any) with the command line's settings on top; defaults when empty."""
     from celeb_smile.sweep.spec import (DEFAULT_GRID, DEFAULT_PARAMS, SweepSpec,
-                                        load_spec_file, parse_assignment)
+                                        early_stopping_rule, load_spec_file, parse_assignment)
 
     spec = load_spec_file(args.sweep) if args.sweep else SweepSpec()
     if not (args.sweep or args.grid or args.param):
@@ -62,14 +94,24 @@ def sweep_spec_from_args(args):
         name, values = parse_assignment(text, many=True)
         spec.grid[name] = values
     overrides = {"samples": args.samples, "seed": args.seed, "experiment": args.experiment,
-                 "max_parallel": args.max_parallel, "max_failures": args.max_failures}
+                 "max_parallel": args.max_parallel, "max_failures": args.max_failures,
+                 "search": args.search, "max_trials": args.max_trials, "goal": args.goal}
     for name, value in overrides.items():
         if value is not None:
             setattr(spec, name, value)
-    if args.objective:
-        spec.objective.metric = args.objective
+    if args.objective and args.objective != spec.objective.metric:
+        spec.objective.metric, spec.objective.custom = args.objective, False
     if args.direction:
         spec.objective.direction = args.direction
+    if args.early_stopping == "none":
+        spec.early_stopping = None
+    elif args.early_stopping and getattr(spec.early_stopping, "rule", None) != args.early_stopping:
+        spec.early_stopping = early_stopping_rule(args.early_stopping)
+    if args.budget_epochs is not None:
+        spec.budget.trial_epochs = args.budget_epochs
+    if args.budget_minutes is not None:
+        spec.budget.wall_seconds = args.budget_minutes * 60
+    spec.search = spec.strategy()
     return spec
 
 
@@ -87,9 +129,12 @@ def _main(argv, cleanup) -> int:
     import mlflow
     from rich.console import Console
 
-    from celeb_smile.sweep.backends import KubernetesBackend, LocalBackend, PreparationError
+    from celeb_smile.sweep.backends import PreparationError
+    from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
+    from celeb_smile.sweep.backends.local import LocalBackend
     from celeb_smile.sweep.connect import TrackingConnectionError, connect_to_tracking_server
-    from celeb_smile.sweep.runner import Sweep
+    from celeb_smile.sweep.scheduler import Sweep
+    from celeb_smile.sweep.tracking import Unavailable, configure_driver_http
     from celeb_smile.sweep.spec import PROJECT_DIR, validate
 
     args = build_parser().parse_args(argv)
@@ -109,12 +154,15 @@ def _main(argv, cleanup) -> int:
     try:
         spec = sweep_spec_from_args(args)
         validate(spec, remote=remote)
+        if args.warm_start and spec.search != "tpe":
+            raise ValueError(f"--warm-start seeds an adaptive search (search: tpe), not "
+                             f"{spec.search}")
         if remote:
             config_path = Path(args.backend_config or PROJECT_DIR / "kubernetes_config.json")
             namespace, context = _job_namespace_and_context(config_path)
             cluster_uri = (args.cluster_tracking_uri or os.environ.get("KUBE_MLFLOW_TRACKING_URI")
                            or in_cluster_tracking_uri(namespace))
-            backend = KubernetesBackend(config_path, cluster_uri,
+            backend = KubernetesBackend(config_path, cluster_uri, spec.sweep_id(),
                                         build=not args.no_build)
             if not os.environ.get("MLFLOW_TRACKING_URI"):
                 # Through the Kubernetes API: follows the server's pod across restarts.
@@ -132,15 +180,20 @@ def _main(argv, cleanup) -> int:
     except (ValueError, TrackingConnectionError) as error:
         return fail(str(error))
     console.print(f"tracking: {mlflow.get_tracking_uri()}  experiment: {spec.experiment}")
-    sweep = Sweep(spec, backend, console, rerun=args.rerun, poll_seconds=args.poll_seconds)
+    configure_driver_http()
+    sweep = Sweep(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
+                  rerun=args.rerun, poll_seconds=args.poll_seconds, promote=args.promote,
+                  warm_start=args.warm_start,
+                  pending_timeout=args.pending_timeout, outage_seconds=args.outage_timeout,
+                  stats_path=args.stats_file)
     try:
         return sweep.run()
     except KeyboardInterrupt:  # while preparing (e.g. building the image): nothing submitted
         print("interrupted before any trial was submitted", file=sys.stderr)
-        return 130
-    except PreparationError as error:
+        return EXIT_INTERRUPTED
+    except (PreparationError, Unavailable) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 1
+        return EXIT_TRIAL_FAILED
 
 
 def _job_namespace_and_context(config_path) -> tuple[str, str | None]:

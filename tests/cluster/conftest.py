@@ -1,14 +1,20 @@
 """Fixtures for the cluster tests: a reachable Kubernetes cluster, the k8s/ stack deployed on
-it with a port-forward to the tracking server, and clean-up of the training Jobs a test starts.
+it into a namespace of the tests' own (with its own generated secrets), a port-forward to the
+tracking server, and clean-up of the training Jobs a test starts.
 
 The cluster is whatever the kubeconfig points at ($KUBECONFIG, ~/.kube/config, or the
 k8s-local env file); its registry must be localhost:5001 (kind's local-registry recipe).
 Without a reachable cluster the tests skip LOUDLY, and fail when CI=true.
+The tests never touch a user's deployment: the session creates the namespace
+$CELEB_SMILE_TEST_NAMESPACE_PREFIX<random> (default prefix celeb-smile-test-) and deletes it,
+with .deploy/<namespace>/, at the end, whatever happened.
 """
 
+import base64
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -19,13 +25,13 @@ from pathlib import Path
 
 import pytest
 
+from celeb_smile import deploy
 from celeb_smile.local_server import free_port, wait_for_http
 from tests.conftest import BIN_DIR, IN_CI, PROJECT_DIR
 
-NAMESPACE = "celeb-smile"
+NAMESPACE_PREFIX = os.environ.get("CELEB_SMILE_TEST_NAMESPACE_PREFIX", "celeb-smile-test-")
 LABEL_KEY = "app.kubernetes.io/component"  # the one label key of k8s/ and job_template.yaml
 TRAINING_SELECTOR = f"{LABEL_KEY}=training"
-IN_CLUSTER_TRACKING_URI = f"http://mlflow.{NAMESPACE}.svc.cluster.local:5000"
 K8S_LOCAL_ENV_FILE = Path("/var/lib/k8s-local/env.sh")
 NO_CLUSTER = (
     "NO KUBERNETES CLUSTER REACHABLE: cluster tests skipped. Start one (README: kind with the "
@@ -92,11 +98,12 @@ def kubectl(env, *args, check=True, timeout=180, input=None) -> subprocess.Compl
     return result
 
 
-def make(env, target: str, timeout: float) -> None:
-    result = subprocess.run(["make", target], cwd=PROJECT_DIR, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+def make(env, target: str, timeout: float, **variables: str) -> None:
+    command = ["make", target, *(f"{name}={value}" for name, value in variables.items())]
+    result = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                            timeout=timeout)
     if result.returncode != 0:
-        pytest.fail(f"`make {target}` exited {result.returncode}:\n"
+        pytest.fail(f"`{' '.join(command)}` exited {result.returncode}:\n"
                     f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}", pytrace=False)
 
 
@@ -104,8 +111,9 @@ class PortForward:
     """`kubectl port-forward service/mlflow PORT:5000`, restartable: a port-forward to a
     Service is bound to one pod and dies with it, so after a server restart call reconnect()."""
 
-    def __init__(self, env, log_path: Path):
+    def __init__(self, env, namespace: str, log_path: Path):
         self.env = env
+        self.namespace = namespace
         self.log_path = log_path
         self.port = free_port()
         self.process = None
@@ -120,7 +128,7 @@ class PortForward:
             self.stop()
             log = open(self.log_path, "a")
             self.process = subprocess.Popen(
-                ["kubectl", "-n", NAMESPACE, "port-forward", "service/mlflow", f"{self.port}:5000"],
+                ["kubectl", "-n", self.namespace, "port-forward", "service/mlflow", f"{self.port}:5000"],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT)
             log.close()
             try:
@@ -146,10 +154,23 @@ class PortForward:
 
 @dataclass
 class ClusterStack:
+    """The stack in the tests' namespace. `env` (for kubectl, drivers and `mlflow run`) carries
+    the admin's MLFLOW_TRACKING_USERNAME/PASSWORD; so does this process's environment."""
     env: dict
     port_forward: PortForward
-    namespace: str = NAMESPACE
-    in_cluster_tracking_uri: str = IN_CLUSTER_TRACKING_URI
+    overlay: deploy.Overlay
+
+    @property
+    def namespace(self) -> str:
+        return self.overlay.namespace
+
+    @property
+    def in_cluster_tracking_uri(self) -> str:
+        return self.overlay.tracking_uri
+
+    @property
+    def backend_config(self) -> Path:
+        return self.overlay.backend_config
 
     @property
     def tracking_uri(self) -> str:
@@ -171,17 +192,32 @@ class ClusterStack:
 
 @pytest.fixture(scope="session")
 def cluster_stack(kube_env, tmp_path_factory):
-    """`make images deploy`, then a port-forward to the tracking server. The stack stays deployed
-    afterwards (`make undeploy` removes it)."""
+    """`make images`, then `make deploy` into a new namespace, a port-forward to its tracking
+    server, and the admin's credentials in the environment. The namespace (and its generated
+    secrets) are deleted afterwards, even when a test or the deploy failed."""
     make(kube_env, "images", timeout=1800)
-    make(kube_env, "deploy", timeout=700)
-    log_path = tmp_path_factory.mktemp("port-forward") / "port-forward.log"
-    stack = ClusterStack(env=kube_env, port_forward=PortForward(kube_env, log_path))
-    stack.port_forward.start(timeout=120)
-    try:
-        yield stack
-    finally:
-        stack.port_forward.stop()
+    namespace = f"{NAMESPACE_PREFIX}{secrets.token_hex(3)}"
+    overlay = deploy.Overlay(namespace, deploy.DEFAULT_REGISTRY, deploy.deploy_dir(namespace))
+    stack = None
+    with pytest.MonkeyPatch.context() as patch:
+        try:
+            make(kube_env, "deploy", timeout=700, NAMESPACE=namespace)
+            username, password = overlay.admin_credentials()
+            for key, value in (("MLFLOW_TRACKING_USERNAME", username),
+                               ("MLFLOW_TRACKING_PASSWORD", password)):
+                patch.setenv(key, value)
+            env = dict(kube_env, MLFLOW_TRACKING_USERNAME=username,
+                       MLFLOW_TRACKING_PASSWORD=password)
+            log_path = tmp_path_factory.mktemp("port-forward") / "port-forward.log"
+            stack = ClusterStack(env, PortForward(env, namespace, log_path), overlay)
+            stack.port_forward.start(timeout=120)
+            yield stack
+        finally:
+            if stack is not None:
+                stack.port_forward.stop()
+            kubectl(kube_env, "delete", "namespace", namespace, "--ignore-not-found",
+                    "--wait=true", "--timeout=300s", check=False, timeout=330)
+            shutil.rmtree(overlay.directory, ignore_errors=True)
 
 
 # --- training Jobs ----------------------------------------------------------------------------
@@ -246,11 +282,11 @@ class ProjectRun:
 
 def mlflow_run_on_cluster(stack: ClusterStack, jobs: TrainingJobs, params: dict[str, str],
                           experiment_id: str, timeout: float = 600) -> ProjectRun:
-    """`mlflow run . --backend kubernetes --backend-config kubernetes_config.json -P ...`, as a
-    user would, waiting for the Job. The run is created through the port-forward; the pod
-    reports to the in-cluster address."""
+    """`mlflow run . --backend kubernetes --backend-config .deploy/<ns>/kubernetes_config.json
+    -P ...`, as a user would, waiting for the Job. The run is created through the
+    port-forward (as the admin); the pod reports to the in-cluster address (as the trainer)."""
     command = [str(BIN_DIR / "mlflow"), "run", str(PROJECT_DIR), "--backend", "kubernetes",
-               "--backend-config", str(PROJECT_DIR / "kubernetes_config.json"),
+               "--backend-config", str(stack.backend_config),
                "--experiment-id", experiment_id]
     for name, value in params.items():
         command += ["-P", f"{name}={value}"]
@@ -278,8 +314,12 @@ def job_pods(stack: ClusterStack, job_name: str) -> list[dict]:
     return json.loads(result.stdout)["items"]
 
 
-def http_status(url: str, host: str | None = None) -> int:
-    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+def http_status(url: str, host: str | None = None, credentials: tuple[str, str] | None = None
+                ) -> int:
+    headers = {"Host": host} if host else {}
+    if credentials:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(credentials).encode()).decode()
+    request = urllib.request.Request(url, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return response.status

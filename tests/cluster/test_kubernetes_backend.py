@@ -1,15 +1,18 @@
 """`mlflow run --backend kubernetes` end to end on a real cluster with the k8s/ stack: a small
-training Job reports to the in-cluster server, its model downloads and predicts, everything
-survives a server restart, and bad parameters fail fast and visibly."""
+training Job reports to the in-cluster server (as the trainer, granted the experiment), its
+model downloads and predicts, everything (runs, users, grants) survives a server and database
+restart, and bad parameters fail fast and visibly."""
 
 import uuid
 
 import numpy as np
 import pytest
 from mlflow import MlflowClient
+from mlflow.server import get_app_client
 
+from celeb_smile.sweep.access import grant_trainer
 from tests.cluster.conftest import (
-    LABEL_KEY, TrainingJobs, job_pod_logs, job_pods, mlflow_run_on_cluster,
+    LABEL_KEY, TrainingJobs, http_status, job_pod_logs, job_pods, mlflow_run_on_cluster,
 )
 from tests.conftest import SMALL_PARAMS
 
@@ -22,7 +25,9 @@ ERROR_TAG = "celeb_smile.error"  # celeb_smile.cli.ERROR_TAG
 @pytest.fixture(scope="module")
 def experiment_id(cluster_stack):
     client = MlflowClient(cluster_stack.tracking_uri)
-    return client.create_experiment(f"cluster-tests-{uuid.uuid4().hex[:8]}")
+    experiment_id = client.create_experiment(f"cluster-tests-{uuid.uuid4().hex[:8]}")
+    grant_trainer(cluster_stack.tracking_uri, experiment_id)  # what the driver does
+    return experiment_id
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +81,12 @@ def test_job_ran_as_configured(cluster_stack, finished_run):
     assert env["MLFLOW_TRACKING_URI"] == cluster_stack.in_cluster_tracking_uri
     assert env["MLFLOW_RUN_ID"] == finished_run.run_id
     assert env["TFDS_DATA_DIR"] == "/data/tensorflow_datasets"
+    secrets = {item["name"]: item["valueFrom"]["secretKeyRef"]["name"]
+               for item in pod["spec"]["containers"][0]["env"] if "valueFrom" in item}
+    assert secrets == {"MLFLOW_TRACKING_USERNAME": "mlflow-trainer",
+                       "MLFLOW_TRACKING_PASSWORD": "mlflow-trainer"}
+    run = _client(cluster_stack).get_run(finished_run.run_id)
+    assert run.data.params["epochs"] == "2"  # logged by the pod, as the trainer
 
 
 def test_model_downloads_through_the_server_and_predicts(cluster_stack, finished_run, tmp_path,
@@ -116,6 +127,8 @@ def test_everything_survives_a_server_and_database_restart(cluster_stack, experi
 
     before = _snapshot(cluster_stack, experiment_id)
     assert finished_run.run_id in before
+    user = (f"restart-check-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex)
+    get_app_client("basic-auth", tracking_uri=cluster_stack.tracking_uri).create_user(*user)
     artifacts_before = sorted(
         p.relative_to(tmp_path / "before").as_posix() for p in _download(
             cluster_stack, finished_run.run_id, tmp_path / "before").rglob("*"))
@@ -130,6 +143,11 @@ def test_everything_survives_a_server_and_database_restart(cluster_stack, experi
     assert new_pods and not new_pods & old_pods
 
     assert _snapshot(cluster_stack, experiment_id) == before
+    api = f"{cluster_stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    assert http_status(api, credentials=user) == 200  # users live in PostgreSQL
+    trainer = cluster_stack.overlay.trainer_credentials()
+    assert http_status(f"{cluster_stack.tracking_uri}/api/2.0/mlflow/experiments/get?"
+                       f"experiment_id={experiment_id}", credentials=trainer) == 200  # and grants
     artifacts_after = sorted(
         p.relative_to(tmp_path / "after").as_posix() for p in _download(
             cluster_stack, finished_run.run_id, tmp_path / "after").rglob("*"))

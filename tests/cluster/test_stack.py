@@ -1,14 +1,14 @@
-"""The k8s/ stack on a real cluster: it deploys, becomes Ready, and its manifests (and the
-training Job template) pass the API server's validation."""
+"""The k8s/ stack on a real cluster, deployed by `make deploy` into the tests' own namespace: it
+becomes Ready, PostgreSQL runs as non-root with MLflow as a role that owns only its databases,
+and the manifests (and the namespace's training Job template) pass the API server's
+validation."""
 
 import json
 
 import pytest
 import yaml
 
-from tests.cluster.conftest import (
-    IN_CLUSTER_TRACKING_URI, LABEL_KEY, NAMESPACE, http_status, kubectl,
-)
+from tests.cluster.conftest import LABEL_KEY, http_status, kubectl
 from tests.conftest import PROJECT_DIR
 
 pytestmark = pytest.mark.cluster
@@ -34,42 +34,86 @@ def test_stack_becomes_ready(cluster_stack):
         assert all(status["ready"] for status in pod["status"]["containerStatuses"]), pod["status"]
 
 
+def test_namespace_enforces_the_restricted_pod_security_profile(cluster_stack):
+    namespace = json.loads(kubectl(cluster_stack.env, "get", "namespace",
+                                   cluster_stack.namespace, "-o", "json").stdout)
+    labels = namespace["metadata"]["labels"]
+    for mode in ("enforce", "warn", "audit"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+
+
 def test_server_answers_through_port_forward_and_service_host_names(cluster_stack):
+    admin = cluster_stack.overlay.admin_credentials()
     api = f"{cluster_stack.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
-    assert http_status(f"{cluster_stack.tracking_uri}/health") == 200
-    # The Host headers clients send: port-forward users, and pods via the Service's DNS name.
-    assert http_status(api) == 200
-    assert http_status(api, host="localhost:5000") == 200
-    assert http_status(api, host=IN_CLUSTER_TRACKING_URI.removeprefix("http://")) == 200
-    # Anything else is refused (MLflow's DNS-rebinding protection stays on).
-    assert http_status(api, host="attacker.example:5000") == 403
+    assert http_status(f"{cluster_stack.tracking_uri}/health") == 200  # open for probes
+    assert http_status(api) == 401  # anonymous
+    assert http_status(api, credentials=(admin[0], "wrong-password")) == 401
+    # The Host headers clients send: port-forward users, and pods via the Service's DNS name
+    # in this namespace.
+    assert http_status(api, credentials=admin) == 200
+    assert http_status(api, host="localhost:5000", credentials=admin) == 200
+    in_cluster_host = cluster_stack.in_cluster_tracking_uri.removeprefix("http://")
+    assert http_status(api, host=in_cluster_host, credentials=admin) == 200
+    # Anything else is refused (MLflow's DNS-rebinding protection stays on), also the
+    # default namespace's name when the stack runs elsewhere.
+    assert http_status(api, host="attacker.example:5000", credentials=admin) == 403
+    assert http_status(api, host="mlflow.celeb-smile.svc.cluster.local:5000",
+                       credentials=admin) == 403
 
 
-def test_server_stores_runs_in_postgres(cluster_stack):
-    tables = cluster_stack.kubectl(
-        "exec", "deployment/postgres", "--", "sh", "-c",
-        'psql -U "$POSTGRES_USER" -d "$POSTGRES_DB" -Atc "select count(*) from experiments"')
-    assert int(tables.stdout.strip()) >= 1  # MLflow's schema, with the Default experiment
+def _psql(stack, database: str, query: str) -> str:
+    """As the superuser over the pod's local socket (the only way in for it)."""
+    return stack.kubectl("exec", "deployment/postgres", "--", "psql", "-U", "postgres",
+                         "-d", database, "-Atc", query).stdout.strip()
 
 
-def test_manifests_pass_server_side_dry_run(kube_env):
-    result = kubectl(kube_env, "apply", "--dry-run=server", "-k", str(K8S_DIR))
-    assert f"namespace/{NAMESPACE}" in result.stdout
+def test_server_stores_runs_and_users_in_postgres(cluster_stack):
+    assert int(_psql(cluster_stack, "mlflow", "select count(*) from experiments")) >= 1
+    users = set(_psql(cluster_stack, "mlflow_auth", "select username from users").split())
+    assert {"admin", "trainer"} <= users
 
 
-def test_job_template_passes_server_side_dry_run(kube_env, cluster_stack):
-    job = yaml.safe_load((PROJECT_DIR / "job_template.yaml").read_text())
+def test_mlflow_connects_as_a_role_that_owns_only_its_databases(cluster_stack):
+    role = _psql(cluster_stack, "postgres", "select rolsuper, rolcreaterole, rolcreatedb, "
+                 "rolreplication, rolbypassrls from pg_roles where rolname = 'mlflow'")
+    assert role == "f|f|f|f|f"
+    owned = _psql(cluster_stack, "postgres", "select datname from pg_database d join pg_roles r "
+                  "on d.datdba = r.oid where r.rolname = 'mlflow' order by datname")
+    assert owned.split() == ["mlflow", "mlflow_auth"]
+    clients = _psql(cluster_stack, "postgres", "select distinct usename from pg_stat_activity "
+                    "where client_addr is not null")
+    assert clients.split() == ["mlflow"]  # the tracking server's connections
+
+
+def test_postgres_runs_as_its_non_root_user(cluster_stack):
+    ids = cluster_stack.kubectl("exec", "deployment/postgres", "--", "id", "-u").stdout.split()
+    assert ids == ["999"]
+    status = cluster_stack.kubectl("exec", "deployment/postgres", "--", "grep", "-E",
+                                   "^(CapEff|NoNewPrivs)", "/proc/1/status").stdout.split()
+    assert status == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"]
+
+
+def test_manifests_pass_server_side_dry_run(cluster_stack):
+    result = kubectl(cluster_stack.env, "apply", "--dry-run=server", "-k",
+                     str(cluster_stack.overlay.directory))
+    for name in ("default-deny-ingress", "postgres-from-mlflow", "mlflow-from-training"):
+        assert f"networkpolicy.networking.k8s.io/{name}" in result.stdout
+    assert f"namespace/{cluster_stack.namespace}" in result.stdout
+
+
+def test_job_template_passes_server_side_dry_run(cluster_stack):
+    job = yaml.safe_load(cluster_stack.overlay.job_template.read_text())
     # What MLflow's kubernetes backend fills in.
     job["metadata"]["name"] = "celeb-smile-dry-run"
     container = job["spec"]["template"]["spec"]["containers"][0]
     container.update(name="celeb-smile", image="localhost:5001/celeb-smile-train:0.1.0",
                      command=["python", "train.py", "--epochs", "1"])
     container["env"] = container.get("env", []) + [
-        {"name": "MLFLOW_TRACKING_URI", "value": IN_CLUSTER_TRACKING_URI}]
-    result = kubectl(kube_env, "create", "--dry-run=server", "-o", "json", "-f", "-",
+        {"name": "MLFLOW_TRACKING_URI", "value": cluster_stack.in_cluster_tracking_uri}]
+    result = kubectl(cluster_stack.env, "create", "--dry-run=server", "-o", "json", "-f", "-",
                      input=json.dumps(job))
     created = json.loads(result.stdout)
-    assert created["metadata"]["namespace"] == NAMESPACE
+    assert created["metadata"]["namespace"] == cluster_stack.namespace
     assert created["spec"]["backoffLimit"] == 0
 
 
@@ -85,6 +129,12 @@ def test_job_template_matches_the_stack():
     assert pod["automountServiceAccountToken"] is False
     assert pod["restartPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] is True
+    env = {item["name"]: item.get("valueFrom", {}).get("secretKeyRef")
+           for item in pod["containers"][0]["env"]}
+    assert env["MLFLOW_TRACKING_USERNAME"] == {"name": "mlflow-trainer", "key": "username"}
+    assert env["MLFLOW_TRACKING_PASSWORD"] == {"name": "mlflow-trainer", "key": "password"}
+    (mount,) = pod["containers"][0]["volumeMounts"]
+    assert mount["name"] == "tfds-data" and mount["readOnly"] is True
     claims = {volume["persistentVolumeClaim"]["claimName"] for volume in pod["volumes"]}
     resources = [yaml.safe_load(path.read_text()) for path in K8S_DIR.glob("*.yaml")
                  if path.name != "kustomization.yaml"]

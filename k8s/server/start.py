@@ -1,0 +1,81 @@
+"""The tracking server's entrypoint: MLflow's basic-auth app on PostgreSQL, configured from the
+pod's environment (k8s/mlflow-deployment.yaml fills it from the Secrets `make deploy` generates).
+
+Before `mlflow server` starts it
+  - writes the auth app's ini (mode 600, on the pod's /tmp): users and grants live in their own
+    PostgreSQL database, so they survive restarts; anonymous users get no permission at all;
+  - makes the `admin` and `trainer` users' passwords those of the Secrets (creating the users on
+    first start), so the Secrets stay the one source of truth and rotating one is a redeploy;
+  - derives from the pod's namespace the Host headers the server answers (--allowed-hosts).
+The database password never appears in a URI or a file: libpq reads it from PGPASSWORD.
+Arguments are passed on to `mlflow server`.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+AUTH_CONFIG_PATH = Path("/tmp/mlflow-auth/basic_auth.ini")
+
+
+def database_uri(database: str) -> str:
+    return f"postgresql://{os.environ['PGUSER']}@{os.environ['PGHOST']}:{os.environ['PGPORT']}/{database}"
+
+
+def allowed_hosts(namespace: str) -> str:
+    service = f"mlflow.{namespace}"
+    names = [f"{service}.svc.cluster.local:5000", f"{service}.svc.cluster.local",
+             f"{service}.svc:5000", f"{service}:5000", "mlflow:5000",
+             "localhost:*", "localhost", "127.0.0.1:*", "127.0.0.1"]
+    return ",".join(names)
+
+
+def write_auth_config(path: Path, auth_database_uri: str, admin_username: str) -> None:
+    """The admin password is not in the file: MLFLOW_AUTH_ADMIN_PASSWORD (from the Secret)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    text = (
+        "[mlflow]\n"
+        "default_permission = NO_PERMISSIONS\n"
+        f"database_uri = {auth_database_uri}\n"
+        f"admin_username = {admin_username}\n"
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        "grant_default_workspace_access = false\n"
+    )
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+
+
+def sync_users(auth_database_uri: str, users: list[tuple[str, str, bool]]) -> None:
+    """Create each (username, password, is_admin) or set its password to the Secret's."""
+    from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+    store = SqlAlchemyStore()
+    store.init_db(auth_database_uri)  # creates or migrates the auth tables
+    for username, password, is_admin in users:
+        if not store.has_user(username):
+            store.create_user(username, password, is_admin=is_admin)
+            print(f"created MLflow user {username!r}", flush=True)
+        elif not store.authenticate_user(username, password):
+            store.update_user(username, password=password)
+            print(f"MLflow user {username!r}: password set from its Secret", flush=True)
+        if store.get_user(username).is_admin != is_admin:
+            store.update_user(username, is_admin=is_admin)
+
+
+def main(args: list[str]) -> None:
+    env = os.environ
+    auth_uri = database_uri(env["MLFLOW_AUTH_DATABASE"])
+    admin = env["MLFLOW_AUTH_ADMIN_USERNAME"]
+    write_auth_config(AUTH_CONFIG_PATH, auth_uri, admin)
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(AUTH_CONFIG_PATH)
+    sync_users(auth_uri, [(admin, env["MLFLOW_AUTH_ADMIN_PASSWORD"], True),
+                          (env["MLFLOW_TRAINER_USERNAME"], env.pop("MLFLOW_TRAINER_PASSWORD"), False)])
+    command = ["mlflow", "server", "--app-name", "basic-auth",
+               f"--backend-store-uri={database_uri(env['PGDATABASE'])}",
+               f"--allowed-hosts={allowed_hosts(env['POD_NAMESPACE'])}", *args]
+    os.execvp(command[0], command)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,72 @@
+"""celeb_smile.deploy: the per-namespace overlay `make deploy` writes, and its secrets."""
+
+import json
+import subprocess
+
+import pytest
+
+from celeb_smile import deploy
+from tests.conftest import PROJECT_DIR
+
+
+def _git_status() -> str:
+    return subprocess.run(["git", "status", "--porcelain", "--ignored=no"], cwd=PROJECT_DIR,
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_first_render_generates_private_random_secrets_and_later_ones_reuse_them(tmp_path):
+    first = deploy.render("team-a", directory=tmp_path / "a")
+    values = {name: first.secret(name) for name in deploy.SECRET_FILES}
+    assert len(set(values.values())) == len(deploy.SECRET_FILES)
+    assert all(len(value) >= 40 for value in values.values())  # 32 random bytes, URL-safe
+    assert oct(first.secrets_dir.stat().st_mode & 0o777) == "0o700"
+    assert {oct(p.stat().st_mode & 0o777) for p in first.secrets_dir.iterdir()} == {"0o600"}
+
+    again = deploy.render("team-a", directory=tmp_path / "a")
+    assert {name: again.secret(name) for name in deploy.SECRET_FILES} == values
+    other = deploy.render("team-b", directory=tmp_path / "b")
+    assert not {other.secret(name) for name in deploy.SECRET_FILES} & set(values.values())
+
+
+def test_namespace_and_registry_flow_everywhere_and_nothing_tracked_changes(tmp_path):
+    before = _git_status()
+    overlay = deploy.render("team-a", "registry.example:5000/ml", directory=tmp_path)
+    assert _git_status() == before
+    kustomization = json.loads((tmp_path / "kustomization.yaml").read_text())
+    assert kustomization["namespace"] == "team-a"
+    assert kustomization["images"] == [{"name": "celeb-smile-mlflow",
+                                        "newName": "registry.example:5000/ml/celeb-smile-mlflow"}]
+    namespace = json.loads((tmp_path / "namespace.yaml").read_text())
+    assert namespace["metadata"]["name"] == "team-a"
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    assert json.loads(overlay.backend_config.read_text()) == {
+        "kube-job-template-path": "job_template.yaml",
+        "repository-uri": "registry.example:5000/ml/celeb-smile-train"}
+    template = overlay.job_template.read_text()
+    assert "  namespace: team-a\n" in template and "celeb-smile\n" not in template
+    assert overlay.tracking_uri == "http://mlflow.team-a.svc.cluster.local:5000"
+
+
+def test_secret_values_reach_kustomize_only_through_files(tmp_path):
+    overlay = deploy.render("team-a", directory=tmp_path)
+    generated = "".join(path.read_text() for path in tmp_path.glob("*.*"))
+    assert not any(overlay.secret(name) in generated for name in deploy.SECRET_FILES)
+
+
+def test_a_changed_secret_changes_the_rollout_annotation(tmp_path):
+    deploy.render("team-a", directory=tmp_path)
+    before = (tmp_path / "secrets-checksum-mlflow.yaml").read_text()
+    (tmp_path / "secrets" / "trainer-password").write_text("rotated-" + "x" * 40)
+    deploy.render("team-a", directory=tmp_path)
+    assert (tmp_path / "secrets-checksum-mlflow.yaml").read_text() != before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--namespace", "Team_A"], "error: NAMESPACE must be a DNS-1123 label"),
+    (["--registry", "http://registry:5000"], "error: REGISTRY must be host[:port][/path]"),
+])
+def test_bad_input_exits_2_with_one_line_and_creates_nothing(argv, message, capsys):
+    assert deploy.main(argv) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(message) and error.count("\n") == 1
+    assert not (PROJECT_DIR / ".deploy" / "Team_A").exists()

@@ -1,0 +1,72 @@
+"""celeb_smile.sweep.access against real MLflow servers: one with the basic-auth app configured
+as on the cluster (nobody may do anything by default), one without authentication."""
+
+import uuid
+
+import pytest
+from mlflow.server import get_app_client
+
+from celeb_smile.sweep.access import AccessError, grant_trainer
+from tests.helpers.auth_checks import (
+    TRAINER_MAY, TRAINER_MAY_NOT, anonymous_answers, create_fixture_objects,
+    representative_routes, trainer_outcomes, unauthenticated_with,
+)
+from tests.helpers.auth_server import basic_auth_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory):
+    """(uri, admin credentials, trainer credentials)."""
+    with basic_auth_server(tmp_path_factory.mktemp("auth-server")) as (uri, admin):
+        trainer = ("trainer", uuid.uuid4().hex)
+        with pytest.MonkeyPatch.context() as patch:
+            _login(patch, admin)
+            get_app_client("basic-auth", tracking_uri=uri).create_user(*trainer)
+        yield uri, admin, trainer
+
+
+def _login(patch, credentials) -> None:
+    patch.setenv("MLFLOW_TRACKING_USERNAME", credentials[0])
+    patch.setenv("MLFLOW_TRACKING_PASSWORD", credentials[1])
+
+
+def test_anonymous_requests_are_refused_on_every_kind_of_route(auth_server):
+    uri, admin, _ = auth_server
+    objects = create_fixture_objects(uri, admin, f"anonymous-{uuid.uuid4().hex[:8]}")
+    routes = representative_routes(objects["experiment_id"], objects["run_id"])
+    assert anonymous_answers(uri, routes) == {}
+    assert unauthenticated_with(uri, routes, admin) == {}  # the routes exist and admit the admin
+
+
+def test_granted_trainer_logs_but_cannot_delete_promote_or_read_others(auth_server,
+                                                                         monkeypatch):
+    uri, admin, trainer = auth_server
+    objects = create_fixture_objects(uri, admin, f"grant-{uuid.uuid4().hex[:8]}")
+    before = trainer_outcomes(uri, trainer, objects)
+    assert {action: before[action] for action in TRAINER_MAY} == dict.fromkeys(TRAINER_MAY, 403)
+
+    _login(monkeypatch, admin)
+    grant_trainer(uri, objects["experiment_id"])
+    grant_trainer(uri, objects["experiment_id"])  # idempotent
+    after = trainer_outcomes(uri, trainer, objects)
+    assert {action: after[action] for action in TRAINER_MAY} == dict.fromkeys(TRAINER_MAY, 200)
+    assert {action: after[action] for action in TRAINER_MAY_NOT} == \
+        dict.fromkeys(TRAINER_MAY_NOT, 403)
+
+
+def test_grant_by_a_user_who_may_not_manage_the_experiment_fails_in_one_line(auth_server,
+                                                                               monkeypatch):
+    uri, admin, trainer = auth_server
+    objects = create_fixture_objects(uri, admin, f"refused-{uuid.uuid4().hex[:8]}")
+    _login(monkeypatch, trainer)
+    with pytest.raises(AccessError, match="cannot grant 'trainer' EDIT on experiment"):
+        grant_trainer(uri, objects["experiment_id"])
+
+
+def test_grant_is_a_no_op_without_the_auth_app(mlflow_server):
+    messages = []
+    grant_trainer(mlflow_server, "0", announce=messages.append)
+    assert messages == [f"tracking server {mlflow_server} has no authentication (no basic-auth "
+                        "app): trainer access not needed"]
