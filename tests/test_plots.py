@@ -64,14 +64,15 @@ def test_parallel_coordinates_only_from_three_varying_parameters():
 def test_parallel_coordinates_draw_a_line_per_trial_with_categories_as_positions():
     params = [{"lr": "0.001", "opt": "sgd", "conv": "1"}, {"lr": "0.1", "opt": "adam", "conv": "2"},
               {"lr": "0.01", "opt": "sgd", "conv": "3"}]
-    trials = [trial(i, history=[0.5 + i / 10], params=p) for i, p in enumerate(params, 1)]
+    trials = [trial(i, history=[0.9 - i / 10], params=p) for i, p in enumerate(params, 1)]
     figure = plots.parallel_figure(trials, METRIC, ["lr", "opt", "conv"], "maximize")
     ax = figure.axes[0]
-    lines = [line for line in ax.get_lines() if not line.get_label().startswith("_")]
-    assert [line.get_label() for line in lines] == [t.name for t in trials]
-    opt_positions = [line.get_ydata()[1] for line in lines]
+    lines = {line.get_label(): line for line in ax.get_lines()
+             if not line.get_label().startswith("_")}
+    assert list(lines) == [t.name for t in reversed(trials)]  # the best drawn last, on top
+    opt_positions = [lines[t.name].get_ydata()[1] for t in trials]
     assert opt_positions == [1.0, 0.0, 1.0]  # "adam" < "sgd", sorted
-    lr_positions = [line.get_ydata()[0] for line in lines]
+    lr_positions = [lines[t.name].get_ydata()[0] for t in trials]
     assert lr_positions == [0.0, 1.0, 0.5]  # 0.001 .. 0.1 spans 100x: a log scale
     assert [t.get_text() for t in ax.get_xticklabels()] == ["lr", "opt", "conv", METRIC]
     annotations = {text.get_text() for text in ax.texts}

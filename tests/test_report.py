@@ -55,7 +55,7 @@ def test_a_rerun_that_ran_nothing_keeps_the_earlier_rows_word_for_word():
              trial(2, TrialState.SKIPPED, history=[0.4], sweep_run_id="parent-1")]
     _, merged = report.merged_summary(rows_of(again), parsed, VARYING, METRIC)
     assert report.to_csv(header, merged) == earlier_text
-    assert [row["state"] for row in merged] == ["FINISHED", "STOPPED"]
+    assert [row["state"] for row in merged] == [TrialState.FINISHED, TrialState.STOPPED]
 
 
 def test_a_retried_trial_keeps_its_earlier_failed_attempt():
@@ -67,7 +67,8 @@ def test_a_retried_trial_keeps_its_earlier_failed_attempt():
                trial(2, history=[0.9], run_id="run-2b", sweep_run_id="parent-2")]
     _, merged = report.merged_summary(rows_of(retried), earlier, VARYING, METRIC)
     assert [(r["rank"], r["run_id"], str(r["state"])) for r in merged] == [
-        (1, "run-2b", "FINISHED"), (2, "run-1", "FINISHED"), ("", "run-2a", "FAILED")]
+        (1, "run-2b", TrialState.FINISHED), (2, "run-1", TrialState.FINISHED),
+        ("", "run-2a", TrialState.FAILED)]
     assert merged[2]["reason"] == "OOMKilled"
 
 
@@ -89,7 +90,7 @@ def test_the_note_states_the_sweep_and_links_its_best_run_and_model():
     version = SimpleNamespace(name="celeb-smile", version="4", aliases=["champion"])
     note = note_of(trials, version, "FINISHED", ["plots/learning_curves_top.png"])
     assert "grid search, maximize `val_accuracy`" in note
-    assert "[s1/trial-02](#/experiments/7/runs/run-2)" in note
+    assert "[s1/trial-02](#/experiments/7/runs/run-2?workflowType=machine_learning)" in note
     assert "run `run-2`" in note and "`val_accuracy` = 0.9000" in note
     assert "2 finished, 1 stopped early" in note and "**Status**: finished" in note
     assert "`convolutions` ∈ {1, 2, 3}" in note and "fixed epochs=3" in note
@@ -101,3 +102,9 @@ def test_the_note_of_a_sweep_in_progress_has_no_best_yet():
     note = note_of([trial(1, TrialState.RUNNING), trial(2, TrialState.PENDING)])
     assert "**Status**: running" in note and "1 pending, 1 running" in note
     assert "**Best**: none yet" in note
+
+
+def test_experiment_links_open_the_model_training_view():
+    assert report.experiment_url("http://mlflow:5000/", "3") == \
+        "http://mlflow:5000/#/experiments/3/runs?workflowType=machine_learning"
+    assert report.experiment_url("sqlite:///mlflow.db", "3") is None

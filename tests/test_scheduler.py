@@ -217,3 +217,14 @@ def test_the_trial_epochs_budget_closes_submissions_and_running_trials_finish(st
     assert "budget" in sweep.ended_because
     assert len(sweep.trials) == 2  # both first trials finish their 3 epochs; no third
     assert all(t.state == TrialState.FINISHED for t in sweep.trials)
+
+
+def test_trial_names_identify_their_sweep(store):
+    first = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.02"]})
+    second = make_sweep(FakeBackend(), {"learning_rate": ["0.03", "0.04"]})
+    assert first.run() == EXIT_OK
+    mlflow.end_run()
+    assert second.run() == EXIT_OK
+    names = [r.info.run_name for r in trial_runs(store)]
+    assert len(names) == len(set(names)) == 4
+    assert {n.split("/")[0] for n in names} == {first.sweep_id, second.sweep_id}

@@ -29,7 +29,9 @@ def objective_figure(scored, metric: str, varying: list[str]) -> Figure:
     bars = ax.barh([f"{t.name}: {label(t, varying)}" for t in scored],
                    [t.metrics[metric] for t in scored], color="tab:blue")
     ax.bar_label(bars, fmt="%.4f", padding=3)
-    ax.margins(x=0.15)
+    values = [t.metrics[metric] for t in scored]
+    if values and min(values) >= 0 < max(values):
+        ax.set_xlim(0, max(values) * 1.2)  # room for the labels
     ax.invert_yaxis()
     ax.set_xlabel(metric)
     ax.set_title(f"{metric} per trial (best first)")
@@ -48,7 +50,7 @@ def curves_figure(top, histories: dict[str, list[float]], metric: str,
     """Learning curves of `top` (best first); None when no curve has two epochs to join."""
     if not top or max(len(histories.get(t.name, [])) for t in top) < 2:
         return None
-    fig = Figure(figsize=(8, 4.5))
+    fig = Figure(figsize=(8, 5.5))
     ax = fig.subplots()
     for rank, (trial, style) in enumerate(zip(top, CURVE_STYLES), 1):
         values = histories.get(trial.name, [])
@@ -56,12 +58,12 @@ def curves_figure(top, histories: dict[str, list[float]], metric: str,
         note = f", stopped at epoch {len(values)}" if stopped else ""
         ax.plot(range(1, len(values) + 1), values, linestyle="--" if stopped else "-",
                 zorder=rank, label=f"#{rank} {trial.name}: {label(trial, varying)} "
-                                   f"({metric} {trial.metrics[metric]:.4f}{note})", **style)
+                                   f"({trial.metrics[metric]:.4f}{note})", **style)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
     ax.set_title(f"learning curves of the top {len(top)} trials by {metric}")
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(0, -0.16))  # off the curves
     fig.tight_layout()
     return fig
 
@@ -79,19 +81,23 @@ def parallel_figure(scored, metric: str, varying: list[str], direction: str) -> 
                              "viridis" if direction == "maximize" else "viridis_r")
     fig = Figure(figsize=(max(8, 1.8 * len(axes)), 4.5))
     ax = fig.subplots()
-    for row, trial in enumerate(scored):
+    worst_first = sorted(range(len(scored)), key=lambda row: objective[row],
+                         reverse=direction != "maximize")
+    for row in worst_first:  # the best drawn last, on top
+        trial = scored[row]
         ax.plot(range(len(axes)), [positions[row] for positions, _ in axes], marker="o",
                 color=colours.to_rgba(objective[row]), linewidth=2, alpha=0.85,
                 label=trial.name)
     for x, (_, ticks) in enumerate(axes):
         ax.axvline(x, color="grey", linewidth=1, label="_axis")
         for position, text in ticks:
-            ax.annotate(text, (x, position), xytext=(4, 0), textcoords="offset points",
-                        fontsize="small", va="center")
+            ax.annotate(text, (x, position), xytext=(-6, 0), textcoords="offset points",
+                        fontsize="small", va="center", ha="right", zorder=10,
+                        bbox=dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.8))
     ax.set_xticks(range(len(axes)), [*varying, metric])
     ax.set_yticks([])
     ax.set_ylim(-0.08, 1.08)
-    ax.set_xlim(-0.2, len(axes) - 0.5)
+    ax.set_xlim(-0.45, len(axes) - 0.8)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
     fig.colorbar(colours, ax=ax, label=metric)

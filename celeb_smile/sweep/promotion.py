@@ -4,6 +4,7 @@ AND direction). The version the alias points to says which sweep put it there.""
 
 from dataclasses import dataclass
 
+from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import (INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST,
                                           ErrorCode)
@@ -14,6 +15,7 @@ from celeb_smile.constants import (CHAMPION_ALIAS, CODE_VERSION_TAG, DATASET_TAG
                                    SWEEP_ID_TAG, SWEEP_RUN_TAG)
 from celeb_smile.sweep.progress import params_label
 
+SWEEP_FINISHED = RunStatus.to_string(RunStatus.FINISHED)  # the parent run's final MLflow status
 _MISSING = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
 
 
@@ -32,7 +34,7 @@ def promote(client, sweep, best, parent_run_id: str,
         return Outcome(None, f"not promoted: without --promote nothing is registered and "
                              f"{model_name}@{CHAMPION_ALIAS} stays where it is")
     status = getattr(sweep, "status", None)
-    if status != "FINISHED":
+    if status != SWEEP_FINISHED:
         return Outcome(None, f"not promoted: the sweep ended {status}; only a sweep that "
                              f"ended FINISHED may move @{CHAMPION_ALIAS}")
     value = best.metrics.get(objective.metric) if best else None

@@ -20,6 +20,7 @@ from rich.table import Table
 from celeb_smile.constants import (BEST_RUN_TAG, EXPERIMENT_KIND_MODEL_TRAINING,
                                    EXPERIMENT_KIND_TAG, REGISTERED_MODEL, TrialState)
 from celeb_smile.sweep import plots, promotion
+from celeb_smile.sweep.retry import Unavailable
 from celeb_smile.sweep.progress import STATE_WORDS, label, params_label, styled_state
 
 __all__ = ["prepare_experiment", "update_note", "finish", "params_label", "ranked",
@@ -86,6 +87,8 @@ def finish(sweep, parent_run_id: str) -> None:
                           highlight=False)
     try:
         _record(sweep, parent_run_id, rows)
+    except Unavailable:
+        raise  # the scheduler's to handle: the tracking server is gone
     except Exception as error:  # a report is a convenience: never lose the sweep over it
         console.print(f"[yellow]summary or plots not recorded: {escape(str(error))}[/]")
     best = best_trial(sweep.trials, spec.objective)
@@ -95,8 +98,13 @@ def finish(sweep, parent_run_id: str) -> None:
     else:
         client.set_tag(parent_run_id, BEST_RUN_TAG, best.run_id)
         client.log_metric(parent_run_id, f"best_{metric}", best.metrics[metric])
-        outcome = promotion.promote(client, sweep, best, parent_run_id,
-                                    getattr(sweep, "registered_model", REGISTERED_MODEL))
+        try:
+            outcome = promotion.promote(client, sweep, best, parent_run_id,
+                                        getattr(sweep, "registered_model", REGISTERED_MODEL))
+        except Unavailable:
+            raise
+        except Exception as error:  # the registry failed: the sweep's results still stand
+            outcome = promotion.Outcome(None, f"not promoted: the model registry failed: {error}")
     update_note(sweep, parent_run_id, outcome.message if outcome else "")
     if best is not None:
         console.print(f"best: {best.name} ({label(best, varying)}) {metric}="
@@ -212,7 +220,7 @@ def save_plots(rows, spec, client, out_dir: Path) -> list[Path]:
     paths = []
     for name, figure in figures.items():
         if figure is not None:
-            figure.savefig(out_dir / name, dpi=plots.DPI)
+            figure.savefig(out_dir / name, dpi=plots.DPI, bbox_inches="tight")
             paths.append(out_dir / name)
     return paths
 
@@ -231,7 +239,18 @@ def histories(trials, metric: str, client) -> dict[str, list[float]]:
 
 # -- the parent run's note --------------------------------------------------------------------
 def update_note(sweep, parent_run_id: str, promotion_message: str = "") -> None:
-    """Rewrite the parent run's description (Markdown, shown on its run page)."""
+    """Rewrite the parent run's description (Markdown, shown on its run page). A failure is
+    printed, never raised: the note is a view of the sweep, not part of it."""
+    try:
+        _write_note(sweep, parent_run_id, promotion_message)
+    except Unavailable:
+        raise
+    except Exception as error:
+        sweep.console.print(f"[yellow]the sweep run's description was not updated: "
+                            f"{escape(str(error))}[/]")
+
+
+def _write_note(sweep, parent_run_id: str, promotion_message: str) -> None:
     client = sweep.client
     parent = client.get_run(parent_run_id)
     best = best_trial(sweep.trials, sweep.spec.objective)
@@ -255,10 +274,11 @@ def note_markdown(sweep, experiment_id: str, parent_run_id: str, best, version,
     spec = sweep.spec
     metric = spec.objective.metric
     trials = own_trials(sweep.trials)
-    status = getattr(sweep, "status", None)
+    status = getattr(sweep, "status", None) or (
+        "ended" if all(TrialState(t.state).ended for t in trials) else "running")
     lines = [f"### Sweep `{spec.sweep_id()}`: {_strategy(spec)}, "
              f"{spec.objective.direction} `{metric}`",
-             "", f"**Status**: {status.lower() if status else 'running'} · "
+             "", f"**Status**: {status.lower()} · "
                  f"**Trials**: {len(trials)} — {_counts(trials)}", "",
              f"**Space**: {_space(spec)}", ""]
     warm = len(sweep.trials) - len(trials)
@@ -285,9 +305,21 @@ def note_markdown(sweep, experiment_id: str, parent_run_id: str, best, version,
     return "\n".join(lines) + "\n"
 
 
+# MLflow 3.17's UI picks GenAI or model-training from this URL parameter, else from the
+# browser's last choice (GenAI by default); the experiment's kind tag is for other versions.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
 def run_link(experiment_id: str, run_id: str) -> str:
-    """A link to a run's page that works on any host the UI is served from."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
+    """A link to a run's page (model-training view) that works on any host the UI is on."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """The experiment's runs in the UI, in the model-training view; None for a local store."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
 
 
 def _strategy(spec) -> str:

@@ -1,5 +1,5 @@
 """driver.py on the local backend against a real tracking server: nesting, failures, resume,
-best-run registration, plots and cancellation."""
+the best run (nothing registered without --promote), plots and cancellation."""
 
 import re
 import signal
@@ -22,7 +22,7 @@ def driver(tracking_uri, cwd, *args, wait=True):
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
-def test_sweep_nests_trials_reports_failures_registers_the_best_and_resumes(
+def test_sweep_nests_trials_reports_failures_tags_the_best_and_resumes(
         mlflow_server, tmp_path, small_params):
     empty_data_dir = tmp_path / "no-celeba"
     empty_data_dir.mkdir()

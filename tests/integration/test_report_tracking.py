@@ -12,7 +12,8 @@ from mlflow.exceptions import MlflowException
 from celeb_smile.constants import (BEST_RUN_TAG, CHAMPION_ALIAS, CODE_VERSION_TAG, DATASET_TAG,
                                    EXPERIMENT_KIND_MODEL_TRAINING, EXPERIMENT_KIND_TAG,
                                    OBJECTIVE_DIRECTION_TAG, OBJECTIVE_METRIC_TAG,
-                                   OBJECTIVE_VALUE_TAG, PROMOTED_BY_TAG, SWEEP_ID_TAG)
+                                   OBJECTIVE_VALUE_TAG, PROMOTED_BY_TAG, SWEEP_ID_TAG,
+                                   TrialState)
 from celeb_smile.sweep import promotion, report
 from tests.helpers.tracking import METRIC, recorded_sweep, rerun_of, unique
 
@@ -44,7 +45,9 @@ def test_finish_tags_the_best_run_and_the_note_links_it(client, tmp_path, monkey
     best = sweep.trials[1]
     assert run.data.tags[BEST_RUN_TAG] == best.run_id
     note = run.data.tags["mlflow.note.content"]
-    assert f"[{best.name}](#/experiments/{run.info.experiment_id}/runs/{best.run_id})" in note
+    link = report.run_link(run.info.experiment_id, best.run_id)
+    assert link.startswith(f"#/experiments/{run.info.experiment_id}/runs/{best.run_id}")
+    assert f"[{best.name}]({link})" in note
     assert f"run `{best.run_id}`" in note and "4 finished" in note
     assert "not registered" in note
     assert "get-artifact?path=plots/learning_curves_top.png" in note
@@ -61,7 +64,7 @@ def test_a_rerun_that_ran_nothing_leaves_summary_and_plots_as_they_were(client, 
                                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep, parent = recorded_sweep(client, [[0.5, 0.6], [0.5, 0.9], [0.5, 0.7]])
-    sweep.trials[2].state, sweep.trials[2].reason = "STOPPED", "below the median at epoch 2"
+    sweep.trials[2].state, sweep.trials[2].reason = TrialState.STOPPED, "below the median at epoch 2"
     report.finish(sweep, parent)
     first = open(summary_of(client, parent)).read()
     plot_sizes = {a.path: a.file_size for a in client.list_artifacts(parent, "plots")}
@@ -74,8 +77,9 @@ def test_a_rerun_that_ran_nothing_leaves_summary_and_plots_as_they_were(client, 
     assert open(summary_of(client, parent)).read() == first
     rows = list(csv.DictReader(io.StringIO(first)))
     assert [(r["trial"], r["state"], r["sweep_run_id"]) for r in rows] == [
-        (sweep.trials[1].name, "FINISHED", parent), (sweep.trials[2].name, "STOPPED", parent),
-        (sweep.trials[0].name, "FINISHED", parent)]
+        (sweep.trials[1].name, TrialState.FINISHED, parent),
+        (sweep.trials[2].name, TrialState.STOPPED, parent),
+        (sweep.trials[0].name, TrialState.FINISHED, parent)]
     assert {a.path: a.file_size for a in client.list_artifacts(parent, "plots")} == plot_sizes
     assert "nothing ran" in again.console.export_text()
 
