@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 from mlflow import MlflowClient
 
+from celeb_smile.constants import EPOCH_METRICS
 from celeb_smile.sweep.connect import connect_to_tracking_server, in_cluster_tracking_uri
 from tests.conftest import BIN_DIR, PROJECT_DIR, sweep_runs
 
@@ -138,6 +139,10 @@ def test_a_sweep_survives_a_server_restart_with_nothing_exported(own_stack):
         assert len(parents) == 1, [run.data.tags for run in tagged]
         assert {child.info.status for child in children} == {"FINISHED"}
         assert len(children) == 2
+        for child in children:  # nothing lost, nothing twice: one point per epoch
+            for metric in EPOCH_METRICS:
+                steps = [m.step for m in client.get_metric_history(child.info.run_id, metric)]
+                assert sorted(steps) == [0, 1, 2], (metric, steps)
 
 
 def restart_server_once_a_trial_runs(stack, driver, timeout=600) -> bool:
