@@ -44,7 +44,8 @@ def test_sweep_nests_trials_reports_failures_tags_the_best_and_resumes(
     failed = [c for c in children if c.info.status == "FAILED"]
     for run in failed:
         assert "exit code 1" in run.data.tags["celeb_smile.failure_reason"]
-        assert "logs/tail.txt" in [a.path for a in client.list_artifacts(run.info.run_id, "logs")]
+        log = client.download_artifacts(run.info.run_id, "logs/trial.log")
+        assert "CelebA is not prepared" in open(log).read()  # the trial's whole output
     best_id = parent.data.tags["celeb_smile.best_run_id"]
     assert best_id in {c.info.run_id for c in children if c.info.status == "FINISHED"}
     assert client.search_model_versions(f"run_id = '{best_id}'") == []  # no --promote
@@ -54,14 +55,15 @@ def test_sweep_nests_trials_reports_failures_tags_the_best_and_resumes(
 
     again = driver(mlflow_server, tmp_path, *args)  # finished ones skipped, failed ones retried
     assert again.returncode == 1
-    assert "2 to run, 2 finished earlier" in again.stdout
+    assert "2 done before" in again.stdout
     (parent_again,), children = sweep_runs(client, "it-sweep")
     assert parent_again.info.run_id == parent.info.run_id
     assert len(children) == 6
 
     rerun = driver(mlflow_server, tmp_path, *fixed, "--param", "dataset=synthetic")
     assert rerun.returncode == 0, rerun.stdout[-3000:]
-    assert "0 to run, 2 finished earlier" in rerun.stdout
+    assert rerun.stdout.count("finished earlier (run ") == 2  # another sweep, the same code
+    assert len(sweep_runs(client, "it-sweep")[1]) == 6  # nothing ran again
 
 
 def test_interrupted_sweep_kills_its_trials_and_exits_cleanly(mlflow_server, tmp_path):
