@@ -1,5 +1,6 @@
 """The driver's Kubernetes trial handle names why a Job failed: exit code, OOMKilled,
-ImagePullBackOff, DeadlineExceeded (real Jobs on the stand-in python image)."""
+ImagePullBackOff, DeadlineExceeded (real Jobs on the stand-in python image, in the tests'
+namespace, as pods that meet its Pod Security "restricted" profile)."""
 
 import time
 
@@ -10,24 +11,32 @@ from celeb_smile.sweep.backends import KubernetesTrial
 
 pytestmark = pytest.mark.cluster
 PYTHON_IMAGE = "python:3.11-slim"
+JOB_NAMES = ("exit-3", "oom", "no-image", "deadline", "ok")
+RESTRICTED = client.V1SecurityContext(
+    allow_privilege_escalation=False, run_as_non_root=True, run_as_user=65534,
+    capabilities=client.V1Capabilities(drop=["ALL"]),
+    seccomp_profile=client.V1SeccompProfile(type="RuntimeDefault"))
 
 
 @pytest.fixture(scope="module")
-def apis(kube_env):
-    config.load_kube_config(config_file=kube_env["KUBECONFIG"])
+def apis(cluster_stack):
+    """The Jobs live in the tests' namespace (deleted with it); each is deleted afterwards."""
+    config.load_kube_config(config_file=cluster_stack.env["KUBECONFIG"])
     core, batch = client.CoreV1Api(), client.BatchV1Api()
-    namespace = f"celeb-smile-reasons-{int(time.time())}"
-    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    namespace = cluster_stack.namespace
     try:
         yield core, batch, namespace
     finally:
-        core.delete_namespace(namespace)
+        for name in JOB_NAMES:
+            cluster_stack.kubectl("delete", "job", name, "--ignore-not-found", "--wait=false",
+                                  check=False)
 
 
 def start_job(apis, name, image, command, memory="256Mi", deadline=None):
     core, batch, namespace = apis
     container = client.V1Container(
         name="main", image=image, command=command, image_pull_policy="IfNotPresent",
+        security_context=RESTRICTED,
         resources=client.V1ResourceRequirements(limits={"memory": memory, "cpu": "500m"}))
     job = client.V1Job(
         metadata=client.V1ObjectMeta(name=name),
