@@ -13,7 +13,7 @@ NAMESPACE ?= celeb-smile
 KUBECTL ?= kubectl
 PYTEST_ARGS ?=
 
-.PHONY: help venv test test-unit sweep images deploy port-forward undeploy clean
+.PHONY: help venv test test-unit sweep cluster images deploy ui data port-forward undeploy clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ test-unit: venv  ## run the fast unit tests only
 sweep: venv  ## run the default sweep locally (synthetic data, sqlite store in ./mlflow.db)
 	$(BIN)/python driver.py
 
+cluster:  ## create (or reuse) a kind cluster wired to a registry on localhost:5001
+	scripts/kind-cluster.sh
+
 images:  ## build the training and tracking-server images and push them to $(REGISTRY)
 	docker build -t $(TRAIN_IMAGE) -t $(PROJECT_IMAGE) .
 	docker build -t $(SERVER_IMAGE) -f k8s/server/Dockerfile .
@@ -50,7 +53,13 @@ deploy:  ## deploy the tracking server and PostgreSQL into $(NAMESPACE), images 
 	  && $(KUBECTL) -n '$(NAMESPACE)' rollout status deployment/mlflow --timeout=300s \
 	  && echo "deployed to namespace $(NAMESPACE); backend config: $$overlay/kubernetes_config.json"
 
-port-forward:  ## reach the tracking server of $(NAMESPACE) at http://localhost:5000
+ui: venv  ## open the in-cluster MLflow UI on http://127.0.0.1:5000 (follows the server's pod; Ctrl-C ends)
+	$(BIN)/python scripts/mlflow_ui.py --namespace $(NAMESPACE)
+
+data:  ## prepare CelebA into the tfds-data volume (a Job; needs `make images` and a network reaching CelebA)
+	scripts/prepare-data.sh $(NAMESPACE) $(TRAIN_IMAGE)
+
+port-forward:  ## plain `kubectl port-forward` to the server (ends when its pod does; prefer `make ui`)
 	$(KUBECTL) -n '$(NAMESPACE)' port-forward service/mlflow 5000:5000
 
 undeploy:  ## delete namespace $(NAMESPACE): server, database, volumes and every training Job

@@ -84,6 +84,12 @@ def parse_value(name: str, text: str):
         raise ValueError(f"{name} must be {TYPE_NAMES[field_type]}, got {text!r}") from None
 
 
+def canonical(name: str, text) -> str:
+    """`text` spelt exactly as train.py logs the parameter `name` ('1e-3' -> '0.001',
+    'True' -> 'true', '05' -> '5'); ValueError (naming the field) when it does not parse."""
+    return format_value(parse_value(name, str(text)))
+
+
 FIELD_TYPES = {field.name: field.type for field in dataclasses.fields(TrainConfig)}
 TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 

@@ -26,9 +26,23 @@ LEASE_TAG = "celeb_smile.driver_lease"  # on the parent: '<holder> <expiry epoch
 PARAMS_TAG = "celeb_smile.params"  # short 'name=value, ...' of a trial's varying parameters
 WARM_START_TAG = "celeb_smile.warm_start"  # number of earlier runs that seeded a search
 
+# -- metrics a training run logs (a sweep's objective must be one of them, or declared custom) ---
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")  # step = epoch
+FINAL_METRICS = ("test_loss", "test_accuracy")  # once, after the last epoch
+# -- experiment tags --------------------------------------------------------------------------
+# MLflow 3's UI opens an experiment in the view its kind names; without it, in the GenAI view.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND_MODEL_TRAINING = "custom_model_development"  # the "Model training" view
+
 # -- model registry ---------------------------------------------------------------------------
 REGISTERED_MODEL = "celeb-smile"
 CHAMPION_ALIAS = "champion"
+# on a model version made from a sweep (with SWEEP_ID_TAG, SWEEP_RUN_TAG and CODE_VERSION_TAG):
+OBJECTIVE_METRIC_TAG = "celeb_smile.objective_metric"  # what "better" means for this version:
+OBJECTIVE_DIRECTION_TAG = "celeb_smile.objective_direction"  # a champion is only compared on
+OBJECTIVE_VALUE_TAG = "celeb_smile.objective_value"  # the same metric AND direction
+DATASET_TAG = "celeb_smile.dataset"
+PROMOTED_BY_TAG = "celeb_smile.promoted_by"  # '<sweep id> <parent run id>' that moved the alias
 
 
 class TrialState(str, enum.Enum):
@@ -63,3 +77,17 @@ class TrialState(str, enum.Enum):
 
 ENDED = frozenset({TrialState.FINISHED, TrialState.FAILED, TrialState.STOPPED,
                    TrialState.KILLED, TrialState.SKIPPED})
+
+# -- MLflow client retries of a training process (local trials get them from the driver,
+# pods from job_template.yaml; a test keeps the two equal). 8 retries with backoff 1 s doubling
+# to urllib3's 120 s cap ride out ~4 minutes of tracking-server outage without losing a point.
+TRAINER_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+# -- Kubernetes labels on a trial's Job and pod (besides app.kubernetes.io/component) ----------
+SWEEP_LABEL = "celeb-smile/sweep-id"  # lists a sweep's Jobs and pods in one call
+RUN_LABEL = "celeb-smile/run-id"  # the trial's MLflow run
+SUBMISSION_TAG = "celeb_smile.submission"  # a token that makes a retried run creation idempotent

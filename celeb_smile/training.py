@@ -10,7 +10,7 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
 from celeb_smile import IMAGE_SHAPE
-from celeb_smile.config import TrainConfig
+from celeb_smile.config import TrainConfig, parse_value
 from celeb_smile.data import load_splits
 from celeb_smile.model import build_model, compile_model
 
@@ -33,7 +33,7 @@ def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
     """Fit the model for `cfg` on the active MLflow run: params, per-epoch metrics, test
     metrics and the model (with signature and input example) all land on that run."""
     keras.utils.set_random_seed(cfg.seed)
-    mlflow.log_params(cfg.as_params())
+    log_params_once(cfg)
     splits = load_splits(cfg)
     model = compile_model(build_model(cfg.convolutions, cfg.randomize_images, cfg.seed),
                           cfg.learning_rate)
@@ -43,6 +43,32 @@ def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
     mlflow.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy})
     log_model(model, example_batch=next(iter(splits["validation"]))[0].numpy()[:1])
     return model
+
+
+def log_params_once(cfg: TrainConfig) -> None:
+    """Log the resolved configuration, except what the run already records as an equal value.
+
+    `mlflow run -P learning_rate=1e-3` logs "1e-3" when it creates the run, and MLflow refuses to
+    change a logged parameter: an equal value in another spelling is left as it is; a genuinely
+    different one (a run reused for another configuration) is refused with both values."""
+    run = mlflow.active_run()
+    logged = mlflow.get_run(run.info.run_id).data.params if run else {}
+    missing = {}
+    for name, value in cfg.as_params().items():
+        if name not in logged:
+            missing[name] = value
+        elif not _same_value(name, logged[name], getattr(cfg, name)):
+            raise ValueError(f"run {run.info.run_id} already records {name}={logged[name]}, "
+                             f"not {value}")
+    if missing:
+        mlflow.log_params(missing)
+
+
+def _same_value(name: str, text: str, value) -> bool:
+    try:
+        return parse_value(name, text) == value
+    except ValueError:
+        return False
 
 
 def log_model(model: keras.Model, example_batch: np.ndarray) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from celeb_smile import local_server
+from celeb_smile.constants import SWEEP_ID_TAG
 
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 BIN_DIR = Path(sys.executable).parent  # the venv running pytest: its mlflow, its python
@@ -43,8 +44,8 @@ def sweep_runs(client, experiment: str):
     """(parent sweep runs, trial runs) of an experiment."""
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     runs = client.search_runs([experiment_id])
-    parents = [r for r in runs if "celeb_smile.sweep_id" in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    parents = [r for r in runs if SWEEP_ID_TAG in r.data.tags and r not in children]
     return parents, children
 
 

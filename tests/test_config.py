@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from celeb_smile.config import TrainConfig, format_value, parse_args, parse_bool
+from celeb_smile.config import TrainConfig, canonical, format_value, parse_args, parse_bool
 from tests.conftest import PROJECT_DIR
 
 MLPROJECT_TYPES = {int: "int", float: "float", bool: "string", str: "string"}
@@ -37,6 +37,21 @@ def test_defaults_parse_to_the_dataclass_defaults():
 def test_booleans_mean_what_they_say(text, expected):
     assert parse_bool(text) is expected
     assert parse_args(["--randomize_images", text]).randomize_images is expected
+
+
+@pytest.mark.parametrize("name, text, logged", [
+    ("learning_rate", "1e-3", "0.001"), ("learning_rate", "0.0010", "0.001"),
+    ("learning_rate", "1E-05", "1e-05"), ("randomize_images", "True", "true"),
+    ("epochs", "05", "5"), ("epochs", " 7 ", "7"), ("dataset", "synthetic", "synthetic"),
+])
+def test_canonical_spells_a_value_as_training_logs_it(name, text, logged):
+    assert canonical(name, text) == logged
+    assert parse_args([f"--{name}", text]).as_params()[name] == logged
+
+
+def test_canonical_refuses_what_training_refuses():
+    with pytest.raises(ValueError, match="epochs must be an integer, got '1.5'"):
+        canonical("epochs", "1.5")
 
 
 @pytest.mark.parametrize("argv, message", [

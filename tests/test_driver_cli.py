@@ -3,6 +3,9 @@
 import pytest
 
 from celeb_smile.sweep.cli import main as driver_main
+from tests.conftest import PROJECT_DIR
+
+TPE_FILE = str(PROJECT_DIR / "sweeps" / "tpe-asha.yaml")
 
 
 @pytest.fixture
@@ -23,6 +26,12 @@ def error_line(capsys) -> str:
     (["--grid", "convolutions=1,-2"], "error: convolutions must be 0 or more, got -2"),
     (["--param", "epochs"], "error: expected NAME=VALUE, got 'epochs'"),
     (["--sweep", "missing.yaml"], "error: cannot read sweep file missing.yaml"),
+    (["--objective", "val_acc"], "error: objective 'val_acc' is not a metric training logs"),
+    (["--search", "tpe"], "error: a tpe search needs max_trials"),
+    (["--sweep", TPE_FILE, "--objective", "test_loss", "--direction", "minimize"],
+     "error: early stopping needs a metric logged every epoch"),
+    (["--sweep", TPE_FILE, "--budget-minutes", "0"], "error: budget.wall_minutes must be positive"),
+    (["--param", "learning_rate=1e-3x"], "error: learning_rate must be float"),
 ])
 def test_bad_sweeps_exit_2_without_creating_a_store(in_tmp, capsys, argv, message):
     assert driver_main(argv) == 2
@@ -30,9 +39,11 @@ def test_bad_sweeps_exit_2_without_creating_a_store(in_tmp, capsys, argv, messag
     assert list(in_tmp.iterdir()) == []
 
 
-def test_kubernetes_needs_a_tracking_server(in_tmp, capsys, monkeypatch):
-    assert driver_main(["--backend", "kubernetes"]) == 2
-    assert "needs a tracking server" in error_line(capsys)
+def test_kubernetes_without_a_tracking_uri_connects_through_the_kubernetes_api(in_tmp, capsys,
+                                                                              monkeypatch):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert driver_main(["--backend", "kubernetes", "--no-build"]) == 2
+    assert error_line(capsys).startswith("error: no Kubernetes credentials")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{in_tmp}/mlflow.db")
     assert driver_main(["--backend", "kubernetes"]) == 2
     assert "pods cannot reach" in error_line(capsys)

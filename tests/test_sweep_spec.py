@@ -3,10 +3,10 @@
 import pytest
 
 from celeb_smile.sweep.cli import build_parser, sweep_spec_from_args
-from celeb_smile.sweep.report import best_trial, ranked, summary_csv
-from celeb_smile.sweep.runner import Trial, _same_params
-from celeb_smile.sweep.spec import (DEFAULT_GRID, Objective, SweepSpec, load_spec_file,
-                                    parse_assignment, resolved, validate)
+from celeb_smile.sweep.scheduler import _params_key
+from celeb_smile.sweep.spec import (DEFAULT_GRID, Budget, EarlyStopping, Objective, SweepSpec,
+                                    load_spec_file, parse_assignment, resolved, validate)
+from tests.conftest import PROJECT_DIR
 
 
 def spec_from(*argv):
@@ -98,27 +98,10 @@ def test_bad_sweep_files_are_rejected(tmp_path):
 def test_resume_matches_runs_on_their_resolved_parameters():
     expected = resolved({"epochs": "2", "randomize_images": "false"})
     logged = dict(expected, learning_rate="0.0010", randomize_images="False")
-    assert _same_params(expected, logged)
-    assert not _same_params(expected, dict(expected, epochs="3"))
-    assert not _same_params(expected, {"epochs": "2"})  # a run of something else
-
-
-def make_trial(index, state, value=None):
-    trial = Trial(index, {"convolutions": str(index)}, {}, state=state, run_id=f"r{index}")
-    if value is not None:
-        trial.metrics = {"val_accuracy": value}
-    return trial
-
-
-def test_summary_ranks_by_objective_and_best_ignores_failed_runs():
-    trials = [make_trial(1, "FINISHED", 0.7), make_trial(2, "FAILED", 0.9),
-              make_trial(3, "SKIPPED", 0.8), make_trial(4, "FAILED")]
-    order = [t.index for t in ranked(trials, Objective())]
-    assert order == [2, 3, 1, 4]
-    assert best_trial(trials, Objective()).index == 3
-    assert [t.index for t in ranked(trials, Objective(direction="minimize"))] == [1, 3, 2, 4]
-    assert summary_csv(ranked(trials, Objective()), ["convolutions"], "val_accuracy") \
-        .splitlines()[1].startswith("1,trial-02,2,FAILED,0.9,r2")
+    assert _params_key(logged) == _params_key(expected)
+    assert _params_key(dict(expected, epochs="3")) != _params_key(expected)
+    assert _params_key({"epochs": "2", "randomize_images": "false"}) == _params_key(expected)
+    assert _params_key({"epochs": "zero"}) is None
 
 
 def test_sweep_id_is_stable_and_follows_the_definition():
@@ -127,8 +110,119 @@ def test_sweep_id_is_stable_and_follows_the_definition():
 
 
 def test_the_shipped_example_sweep_file_is_valid():
-    from tests.conftest import PROJECT_DIR
-
     spec = load_spec_file(PROJECT_DIR / "sweeps" / "example.yaml")
     validate(spec, remote=True)
     assert len(spec.trials()) == 6 and spec.max_failures == 2
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_DIR / "sweeps").glob("*.yaml")),
+                         ids=lambda path: path.name)
+def test_every_shipped_sweep_file_is_valid_and_says_what_it_is_for(path):
+    assert path.read_text().startswith("# ")
+    spec = load_spec_file(path)
+    validate(spec, remote=True)
+    assert spec.sweep_id() == load_spec_file(path).sweep_id()
+
+
+def test_adaptive_search_stopping_goal_and_budget_are_read_from_the_file():
+    spec = load_spec_file(PROJECT_DIR / "sweeps" / "tpe-asha.yaml")
+    assert (spec.strategy(), spec.max_trials, spec.seed, spec.goal) == ("tpe", 16, 0, 0.97)
+    assert spec.early_stopping == EarlyStopping("asha", grace_period=1, reduction_factor=3)
+    assert spec.budget == Budget(trial_epochs=100, wall_seconds=3600)
+    assert set(spec.random_space) == {"learning_rate", "convolutions", "batch_size"}
+    assert spec.trials() == []  # it decides as it goes
+
+
+def test_command_line_sets_search_stopping_goal_and_budget():
+    spec = spec_from("--sweep", str(PROJECT_DIR / "sweeps" / "random.yaml"), "--search", "tpe",
+                     "--max-trials", "5", "--early-stopping", "median", "--goal", "0.9",
+                     "--budget-epochs", "50", "--budget-minutes", "1.5", "--seed", "3")
+    assert (spec.search, spec.max_trials, spec.seed, spec.goal) == ("tpe", 5, 3, 0.9)
+    assert spec.early_stopping == EarlyStopping("median")
+    assert spec.budget == Budget(trial_epochs=50, wall_seconds=90)
+    validate(spec)
+    stopping_file = str(PROJECT_DIR / "sweeps" / "tpe-asha.yaml")
+    assert spec_from("--sweep", stopping_file, "--early-stopping", "none").early_stopping is None
+    kept = spec_from("--sweep", stopping_file, "--early-stopping", "asha").early_stopping
+    assert kept == load_spec_file(stopping_file).early_stopping
+
+
+def test_search_is_inferred_when_not_given():
+    assert spec_from().search == "grid"
+    assert spec_from("--sweep", str(PROJECT_DIR / "sweeps" / "example.yaml")).search == "random"
+
+
+def test_values_are_normalised_to_what_training_logs():
+    spec = spec_from("--param", "learning_rate=1e-3", "--param", "epochs=05",
+                     "--grid", "randomize_images=True,FALSE")
+    assert [(t["learning_rate"], t["epochs"], t["randomize_images"]) for t in spec.trials()] == [
+        ("0.001", "5", "true"), ("0.001", "5", "false")]
+    validate(spec)
+
+
+def test_a_declared_custom_objective_is_accepted(tmp_path):
+    path = tmp_path / "custom.yaml"
+    path.write_text("objective: {metric: f1, custom: true}\ngrid: {convolutions: [1]}\n")
+    validate(load_spec_file(path))
+    with pytest.raises(ValueError, match="'f1x' is not a metric training logs"):
+        validate(spec_from("--sweep", str(path), "--objective", "f1x"))
+
+
+ADAPTIVE = ["--sweep", str(PROJECT_DIR / "sweeps" / "random.yaml"), "--search", "tpe"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--objective", "val_acuracy"], "'val_acuracy' is not a metric training logs"),
+    (["--search", "random"], "a random search needs a space"),
+    (ADAPTIVE[:2] + ["--search", "grid"], "a grid search takes no space"),
+    (["--search", "tpe"], "a tpe search needs max_trials"),
+    (ADAPTIVE + ["--max-trials", "0"], "max_trials must be at least 1"),
+    (ADAPTIVE + ["--max-trials", "4", "--samples", "3"], "samples is for random search"),
+    (["--early-stopping", "asha", "--objective", "test_accuracy"], "needs a metric logged every"),
+    (["--goal", "nan"], "goal must be a number"),
+    (["--budget-epochs", "0"], "budget.trial_epochs must be at least 1"),
+    (["--budget-minutes", "-1"], "budget.wall_minutes must be positive"),
+])
+def test_bad_search_settings_are_rejected(argv, message):
+    with pytest.raises(ValueError, match=message):
+        validate(spec_from(*argv))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("search: bayes\n", "search must be one of grid, random, tpe"),
+    ("early_stopping: {rule: hyperband}\n", "early_stopping.rule must be one of median, asha"),
+    ("early_stopping: {rule: asha, start_step: 2}\n", "asha takes grace_period, reduction_factor"),
+    ("early_stopping: {grace_period: 2}\n", "early_stopping needs a rule"),
+    ("early_stopping: {rule: asha, reduction_factor: 1}\n", "reduction_factor must be at least 2"),
+    ("early_stopping: {rule: median, start_step: x}\n", "start_step must be an integer"),
+    ("budget: {trial_epochs: 10, hours: 2}\n", "unknown keys \\['hours'\\] in budget"),
+    ("goal: high\n", "goal must be a number"),
+    ("objective: {metric: val_loss, goal: 1}\n", "unknown keys \\['goal'\\] in objective"),
+    ("space: {x: 1}\nrandom: {space: {x: 1}}\n", "give the search space once"),
+    ("search: tpe\nmax_trials: 3\nspace: {convolutions: {uniform: [0, 3]}}\n",
+     "uniform draws decimals, but convolutions is int"),
+    ("search: tpe\nmax_trials: 3\nspace: {learning_rate: {loguniform: [0.001, 1e3]}}\n",
+     "needs \\[low, high\\]"),
+    ("search: tpe\nmax_trials: 3\nspace: {epochs: {randint: [0, 3]}}\n",
+     "epochs must be a positive integer, got 0"),
+])
+def test_bad_sweep_file_settings_are_rejected_in_one_line(tmp_path, text, message):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message) as error:
+        validate(load_spec_file(path))
+    assert "\n" not in str(error.value)
+
+
+def test_adaptive_sweep_id_follows_what_decides_its_suggestions():
+    def tpe(**fields):
+        return SweepSpec(**{"search": "tpe", "max_trials": 8, "seed": 0, "params": {"epochs": "2"},
+                            "random_space": {"learning_rate": {"loguniform": [1e-4, 1e-1]}},
+                            **fields})
+
+    assert tpe().sweep_id() == tpe().sweep_id()
+    assert tpe(params={"epochs": "02"}).sweep_id() == tpe().sweep_id()  # same, spelt otherwise
+    assert tpe(goal=0.9, early_stopping=EarlyStopping("asha")).sweep_id() == tpe().sweep_id()
+    for changed in (tpe(seed=1), tpe(max_trials=9), tpe(experiment="x"), tpe(search="random"),
+                    tpe(random_space={"learning_rate": {"loguniform": [1e-5, 1e-1]}})):
+        assert changed.sweep_id() != tpe().sweep_id()

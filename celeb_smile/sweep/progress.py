@@ -1,12 +1,25 @@
 """Live progress in the terminal: a table of trials (parameters, state, elapsed, epochs and
-the latest objective value), or one line per event when the output is not a terminal."""
+the latest objective value), or one line per event when the output is not a terminal.
+
+How a state reads (colour and words) is decided here, for the progress table, the summary
+and the parent run's note alike."""
 
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
-STATE_STYLES = {"FINISHED": "green", "SKIPPED": "dim green", "FAILED": "red", "KILLED": "yellow",
-                "RUNNING": "cyan", "SCHEDULED": "blue", "PENDING": "dim"}
+from celeb_smile.constants import TrialState
+
+STATE_STYLES = {TrialState.FINISHED: "green", TrialState.SKIPPED: "dim green",
+                TrialState.FAILED: "red", TrialState.KILLED: "yellow",
+                TrialState.STOPPED: "magenta", TrialState.RUNNING: "cyan",
+                TrialState.SCHEDULED: "blue", TrialState.PENDING: "dim"}
+STATE_WORDS = {TrialState.PENDING: "pending", TrialState.SCHEDULED: "scheduled",
+               TrialState.RUNNING: "running", TrialState.FINISHED: "finished",
+               TrialState.FAILED: "failed", TrialState.STOPPED: "stopped early",
+               TrialState.KILLED: "killed", TrialState.SKIPPED: "finished earlier"}
+REASON_SHOWN = 80  # characters of a reason in a table cell; the run's tag has all of it
 
 
 class Progress:
@@ -38,27 +51,48 @@ class Progress:
         """A state change; printed as a line when there is no live table to show it."""
         if self._live is None:
             self.console.print(f"{trial.name} [{label(trial, self.varying)}] {text}",
-                               highlight=False, soft_wrap=True)
+                               highlight=False, soft_wrap=True, markup=False)
         else:
             self.refresh()
 
     def table(self) -> Table:
-        done = sum(t.state in ("FINISHED", "SKIPPED") for t in self.trials)
+        done = sum(TrialState(t.state).ended for t in self.trials)
         table = Table(title=f"sweep: {done}/{len(self.trials)} done", title_justify="left")
         for column in ("trial", *self.varying, "state", "elapsed", "epochs", self.metric):
             table.add_column(column)
         for trial in self.trials:
             elapsed = trial.elapsed()
             value = trial.metrics.get(self.metric)
-            style = STATE_STYLES.get(trial.state, "")
             table.add_row(
                 trial.name, *(trial.params.get(n, "") for n in self.varying),
-                f"[{style}]{trial.state}[/]",
+                styled_state(trial),
                 f"{elapsed:.0f}s" if elapsed is not None else "",
                 str(trial.epochs_done or ""),
                 f"{value:.4f}" if value is not None else "")
         return table
 
 
+def state_text(trial, reason_chars: int | None = REASON_SHOWN) -> str:
+    """'stopped early: <rule>', 'finished earlier', 'failed: <reason>'... (plain text)."""
+    state = TrialState(trial.state)
+    words = STATE_WORDS[state]
+    reason = trial.reason if state in (TrialState.STOPPED, TrialState.FAILED,
+                                       TrialState.KILLED) else ""
+    if reason and reason_chars is not None and len(reason) > reason_chars:
+        reason = reason[:reason_chars - 1] + "…"
+    return f"{words}: {reason}" if reason else words
+
+
+def styled_state(trial) -> str:
+    """state_text in the state's colour, as rich markup."""
+    style = STATE_STYLES[TrialState(trial.state)]
+    return f"[{style}]{escape(state_text(trial))}[/]"
+
+
+def params_label(params: dict, varying: list[str]) -> str:
+    """'name=value, ...' of the varying parameters: the runs-table tag and the tables' label."""
+    return ", ".join(f"{name}={params.get(name, '')}" for name in varying) or "defaults"
+
+
 def label(trial, varying: list[str]) -> str:
-    return ", ".join(f"{name}={trial.params.get(name, '')}" for name in varying) or "defaults"
+    return params_label(trial.params, varying)

@@ -1,63 +1,135 @@
-"""The end of a sweep: summary table sorted by the objective, the best run tagged on the parent
-and its model registered with an alias, and plots logged to the parent run."""
+"""What a sweep tells its user: the experiment opened in MLflow's model-training view, the
+parent run's note (what the sweep is and what it found, rewritten as it goes), and at the end
+a summary (console table + summary.csv), plots, the best-run tag, and promotion if asked.
+
+A rerun never overwrites a record of what happened: summary.csv has a row per run that a
+trial of this sweep ever had (the state it ended in and the sweep run that ran it), earlier
+attempts kept; a rerun that ran nothing leaves the summary and the plots as they were."""
 
 import csv
 import io
+import math
+import tempfile
+from collections import Counter
 from pathlib import Path
 
-import mlflow
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+from rich.markup import escape
 from rich.table import Table
 
-from celeb_smile.sweep.progress import STATE_STYLES, label
+from celeb_smile.constants import (BEST_RUN_TAG, EXPERIMENT_KIND_MODEL_TRAINING,
+                                   EXPERIMENT_KIND_TAG, REGISTERED_MODEL, TrialState)
+from celeb_smile.sweep import plots, promotion
+from celeb_smile.sweep.retry import Unavailable
+from celeb_smile.sweep.progress import STATE_WORDS, label, params_label, styled_state
 
-REGISTERED_MODEL = "celeb-smile"
-CHAMPION_ALIAS = "champion"
-BEST_RUN_TAG = "celeb_smile.best_run_id"
-TOP_CURVES = 3  # learning curves drawn for this many of the best runs
+__all__ = ["prepare_experiment", "update_note", "finish", "params_label", "ranked",
+           "best_trial", "summary_rows", "merged_summary"]
+
+SUMMARY_CSV = "summary.csv"
+PLOTS_DIR = "plots"
+OBJECTIVE_PNG = "objective_per_combination.png"
+CURVES_PNG = "learning_curves_top.png"
+PARALLEL_PNG = "parallel_coordinates.png"
+NOT_RUN_HERE = (TrialState.PENDING, TrialState.SKIPPED)
+
+
+def prepare_experiment(client, experiment_id: str) -> None:
+    """Open the experiment in MLflow 3's model-training view (not the GenAI one)."""
+    experiment = client.get_experiment(experiment_id)
+    if experiment.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND_MODEL_TRAINING:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG,
+                                  EXPERIMENT_KIND_MODEL_TRAINING)
+
+
+# -- ranking ----------------------------------------------------------------------------------
+def own_trials(trials) -> list:
+    """The sweep's own trials: warm-start trials are earlier sweeps' runs, never run here."""
+    return [t for t in trials if not getattr(t, "warm_start", False)]
+
+
+def objective_value(trial, metric: str) -> float | None:
+    value = trial.metrics.get(metric)
+    return None if value is None or math.isnan(value) else value
 
 
 def ranked(trials, objective) -> list:
     """Trials best first; those without the objective metric last, in their original order."""
-    scored = [t for t in trials if objective.metric in t.metrics]
-    unscored = [t for t in trials if objective.metric not in t.metrics]
+    scored = [t for t in trials if objective_value(t, objective.metric) is not None]
+    unscored = [t for t in trials if objective_value(t, objective.metric) is None]
     scored.sort(key=lambda t: t.metrics[objective.metric],
                 reverse=objective.direction == "maximize")
     return scored + unscored
 
 
 def best_trial(trials, objective):
-    candidates = [t for t in ranked(trials, objective)
-                  if t.state in ("FINISHED", "SKIPPED") and objective.metric in t.metrics]
+    """The best trial that trained to its end (in this sweep run or an earlier one)."""
+    candidates = [t for t in ranked(own_trials(trials), objective)
+                  if TrialState(t.state) in (TrialState.FINISHED, TrialState.SKIPPED)
+                  and objective_value(t, objective.metric) is not None]
     return candidates[0] if candidates else None
 
 
+def ran_here(trials) -> list:
+    """Trials this invocation of the sweep submitted."""
+    return [t for t in own_trials(trials) if TrialState(t.state) not in NOT_RUN_HERE]
+
+
+# -- the end of a sweep -----------------------------------------------------------------------
 def finish(sweep, parent_run_id: str) -> None:
-    spec, console = sweep.spec, sweep.console
-    rows = ranked(sweep.trials, spec.objective)
-    console.print(summary_table(rows, spec.varying(), spec.objective.metric))
-    mlflow.log_text(summary_csv(rows, spec.varying(), spec.objective.metric), "summary.csv")
+    spec, console, client = sweep.spec, sweep.console, sweep.client
+    metric, varying = spec.objective.metric, spec.varying()
+    rows = ranked(own_trials(sweep.trials), spec.objective)
+    console.print(summary_table(rows, varying, metric))
     for trial in rows:
-        if trial.state == "FAILED":
-            console.print(f"[red]{trial.name} failed[/]: {trial.reason}", highlight=False)
-    out_dir = Path(".sweep") / spec.sweep_id()
+        if TrialState(trial.state) == TrialState.FAILED:
+            console.print(f"[red]{escape(trial.name)} failed[/]: {escape(trial.reason)}",
+                          highlight=False)
     try:
-        for path in save_plots(rows, spec, sweep.client, out_dir):
-            mlflow.log_artifact(str(path), "plots")
-        console.print(f"plots: {out_dir}/ (also on the parent run)")
-    except Exception as error:  # plots are a convenience: never lose the sweep over them
-        console.print(f"[yellow]plots skipped: {error}[/]")
+        _record(sweep, parent_run_id, rows)
+    except Unavailable:
+        raise  # the scheduler's to handle: the tracking server is gone
+    except Exception as error:  # a report is a convenience: never lose the sweep over it
+        console.print(f"[yellow]summary or plots not recorded: {escape(str(error))}[/]")
     best = best_trial(sweep.trials, spec.objective)
+    outcome = None
     if best is None:
-        console.print("[red]no trial produced the objective metric[/]")
+        console.print(f"[red]no trial produced {metric}[/]")
+    else:
+        client.set_tag(parent_run_id, BEST_RUN_TAG, best.run_id)
+        client.log_metric(parent_run_id, f"best_{metric}", best.metrics[metric])
+        try:
+            outcome = promotion.promote(client, sweep, best, parent_run_id,
+                                        getattr(sweep, "registered_model", REGISTERED_MODEL))
+        except Unavailable:
+            raise
+        except Exception as error:  # the registry failed: the sweep's results still stand
+            outcome = promotion.Outcome(None, f"not promoted: the model registry failed: {error}")
+    update_note(sweep, parent_run_id, outcome.message if outcome else "")
+    if best is not None:
+        console.print(f"best: {best.name} ({label(best, varying)}) {metric}="
+                      f"{best.metrics[metric]:.4f} run {best.run_id}\n{outcome.message}",
+                      highlight=False, markup=False)
+
+
+def _record(sweep, parent_run_id: str, rows) -> None:
+    """summary.csv and the plots on the parent run, unless this was a rerun that ran nothing
+    (then the earlier record stays exactly as it was)."""
+    spec, console, client = sweep.spec, sweep.console, sweep.client
+    earlier = read_summary(client, parent_run_id)
+    if earlier is not None and not ran_here(sweep.trials):
+        console.print("nothing ran: summary.csv and the plots of the earlier run are kept")
         return
-    mlflow.set_tag(BEST_RUN_TAG, best.run_id)
-    mlflow.log_metric(f"best_{spec.objective.metric}", best.metrics[spec.objective.metric])
-    version = register(best.run_id, console)
-    console.print(
-        f"best: {best.name} ({label(best, spec.varying())}) "
-        f"{spec.objective.metric}={best.metrics[spec.objective.metric]:.4f} run {best.run_id}"
-        + (f"; model {REGISTERED_MODEL} v{version} @{CHAMPION_ALIAS}" if version else ""),
-        highlight=False)
+    varying, metric = spec.varying(), spec.objective.metric
+    header, merged = merged_summary(summary_rows(rows, varying, metric), earlier or [],
+                                    varying, metric)
+    client.log_text(parent_run_id, to_csv(header, merged), SUMMARY_CSV)
+    out_dir = Path(".sweep") / spec.sweep_id()
+    paths = save_plots(rows, spec, client, out_dir)
+    for path in paths:
+        client.log_artifact(parent_run_id, str(path), PLOTS_DIR)
+    console.print(f"summary.csv and plots ({', '.join(p.name for p in paths)}) on the parent "
+                  f"run; plots also in {out_dir}/")
 
 
 def summary_table(rows, varying, metric) -> Table:
@@ -65,86 +137,211 @@ def summary_table(rows, varying, metric) -> Table:
     for column in ("rank", "trial", *varying, "state", metric, "run id"):
         table.add_column(column)
     for rank, trial in enumerate(rows, 1):
-        value = trial.metrics.get(metric)
-        style = STATE_STYLES.get(trial.state, "")
-        table.add_row(str(rank), trial.name, *(trial.params.get(n, "") for n in varying),
-                      f"[{style}]{trial.state}[/]", f"{value:.4f}" if value is not None else "-",
+        value = objective_value(trial, metric)
+        table.add_row(str(rank), escape(trial.name),
+                      *(escape(str(trial.params.get(n, ""))) for n in varying),
+                      styled_state(trial), f"{value:.4f}" if value is not None else "-",
                       trial.run_id or "-")
     return table
 
 
-def summary_csv(rows, varying, metric) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["rank", "trial", *varying, "state", metric, "run_id", "reason"])
+# -- summary.csv: a row per run a trial ever had ----------------------------------------------
+def summary_header(varying, metric) -> list[str]:
+    return ["rank", "trial", *varying, "state", metric, "run_id", "sweep_run_id", "reason"]
+
+
+def summary_rows(rows, varying, metric) -> list[dict]:
+    """The ranked trials as CSV rows; a SKIPPED trial is recorded as what it ended as when it
+    ran (FINISHED), with the sweep run that ran it."""
+    out = []
     for rank, trial in enumerate(rows, 1):
-        writer.writerow([rank, trial.name, *(trial.params.get(n, "") for n in varying),
-                         trial.state, trial.metrics.get(metric, ""), trial.run_id or "",
-                         trial.reason])
+        state = TrialState(trial.state)
+        value = objective_value(trial, metric)
+        out.append({"rank": rank, "trial": trial.name,
+                    **{n: trial.params.get(n, "") for n in varying},
+                    "state": TrialState.FINISHED if state == TrialState.SKIPPED else state,
+                    metric: "" if value is None else repr(value),
+                    "run_id": trial.run_id or "",
+                    "sweep_run_id": getattr(trial, "sweep_run_id", None) or "",
+                    "reason": trial.reason,
+                    "_ran_here": state not in NOT_RUN_HERE})
+    return out
+
+
+def merged_summary(current: list[dict], earlier: list[dict], varying, metric):
+    """(header, rows): this run's rows, ranked, then the earlier rows of runs no trial has
+    now (earlier attempts: e.g. a failed run retried). A trial that did not run here keeps
+    its earlier row, word for word."""
+    by_run = {row.get("run_id"): row for row in earlier if row.get("run_id")}
+    rows = []
+    for row in current:
+        ran = row.pop("_ran_here")
+        kept = by_run.get(row["run_id"]) if row["run_id"] and not ran else None
+        rows.append({**kept, "rank": row["rank"]} if kept else row)
+    now = {row["run_id"] for row in rows if row["run_id"]}
+    names = {row["trial"] for row in rows}
+    rows += [{**row, "rank": ""} for row in earlier
+             if (row.get("run_id") and row["run_id"] not in now)
+             or (not row.get("run_id") and row.get("trial") not in names)]
+    return summary_header(varying, metric), rows
+
+
+def to_csv(header, rows) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, header, extrasaction="ignore", restval="",
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
     return buffer.getvalue()
 
 
-def register(run_id: str, console) -> str | None:
-    """Register the run's model (once) and point the champion alias at it."""
-    client = mlflow.MlflowClient()
-    try:
-        existing = client.search_model_versions(
-            f"name = '{REGISTERED_MODEL}' and run_id = '{run_id}'")
-        version = existing[0] if existing else mlflow.register_model(
-            logged_model_uri(run_id), REGISTERED_MODEL)
-        client.set_registered_model_alias(REGISTERED_MODEL, CHAMPION_ALIAS, version.version)
-        return version.version
-    except Exception as error:
-        console.print(f"[yellow]model not registered: {error}[/]")
+def read_summary(client, run_id: str) -> list[dict] | None:
+    """The rows of the run's summary.csv; None when it has none."""
+    if SUMMARY_CSV not in {a.path for a in client.list_artifacts(run_id)}:
         return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, SUMMARY_CSV, tmp)
+        with open(path, newline="") as file:
+            return list(csv.DictReader(file))
 
 
-def logged_model_uri(run_id: str) -> str:
-    """MLflow 3 keeps a run's model as a LoggedModel (models:/<id>); runs:/ for older runs."""
-    run = mlflow.get_run(run_id)
-    models = mlflow.search_logged_models(
-        experiment_ids=[run.info.experiment_id],
-        filter_string=f"source_run_id = '{run_id}'", output_format="list")
-    return f"models:/{models[0].model_id}" if models else f"runs:/{run_id}/model"
-
-
+# -- plots ------------------------------------------------------------------------------------
 def save_plots(rows, spec, client, out_dir: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Draw the plots that have something to say; returns their files."""
     metric, varying = spec.objective.metric, spec.varying()
-    scored = [t for t in rows if metric in t.metrics]
+    scored = [t for t in rows if objective_value(t, metric) is not None]
+    top = plots.curve_candidates(scored)
+    figures = {OBJECTIVE_PNG: plots.objective_figure(scored, metric, varying),
+               CURVES_PNG: plots.curves_figure(top, histories(top, metric, client), metric,
+                                               varying),
+               PARALLEL_PNG: plots.parallel_figure(scored, metric, varying,
+                                                   spec.objective.direction)}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, figure in figures.items():
+        if figure is not None:
+            figure.savefig(out_dir / name, dpi=plots.DPI, bbox_inches="tight")
+            paths.append(out_dir / name)
+    return paths
 
-    fig, ax = plt.subplots(figsize=(8, 0.45 * max(len(scored), 2) + 1.2))
-    bars = ax.barh([f"{t.name}: {label(t, varying)}" for t in scored],
-                   [t.metrics[metric] for t in scored], color="tab:blue")
-    ax.bar_label(bars, fmt="%.4f", padding=3)
-    ax.margins(x=0.15)
-    ax.invert_yaxis()
-    ax.set_xlabel(metric)
-    ax.set_title(f"{metric} per combination (best first)")
-    fig.tight_layout()
-    objective_png = out_dir / "objective_per_combination.png"
-    fig.savefig(objective_png, dpi=100)
-    plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for trial in scored[:TOP_CURVES]:
-        history = sorted(client.get_metric_history(trial.run_id, metric), key=lambda m: m.step)
-        ax.plot([m.step + 1 for m in history], [m.value for m in history], marker="o",
-                label=f"{trial.name}: {label(trial, varying)}")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(f"learning curves of the top {min(TOP_CURVES, len(scored))} runs")
-    if scored:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    curves_png = out_dir / "learning_curves_top.png"
-    fig.savefig(curves_png, dpi=100)
-    plt.close(fig)
-    return [objective_png, curves_png]
+def histories(trials, metric: str, client) -> dict[str, list[float]]:
+    """Objective per epoch of each trial: what the scheduler recorded, else the run's."""
+    out = {}
+    for trial in trials:
+        history = list(getattr(trial, "history", None) or [])
+        if not history and trial.run_id:
+            points = sorted(client.get_metric_history(trial.run_id, metric), key=lambda m: m.step)
+            history = [m.value for m in points]
+        out[trial.name] = history
+    return out
+
+
+# -- the parent run's note --------------------------------------------------------------------
+def update_note(sweep, parent_run_id: str, promotion_message: str = "") -> None:
+    """Rewrite the parent run's description (Markdown, shown on its run page). A failure is
+    printed, never raised: the note is a view of the sweep, not part of it."""
+    try:
+        _write_note(sweep, parent_run_id, promotion_message)
+    except Unavailable:
+        raise
+    except Exception as error:
+        sweep.console.print(f"[yellow]the sweep run's description was not updated: "
+                            f"{escape(str(error))}[/]")
+
+
+def _write_note(sweep, parent_run_id: str, promotion_message: str) -> None:
+    client = sweep.client
+    parent = client.get_run(parent_run_id)
+    best = best_trial(sweep.trials, sweep.spec.objective)
+    version = _model_version(client, best.run_id) if best is not None else None
+    plot_files = [a.path for a in client.list_artifacts(parent_run_id, PLOTS_DIR)]
+    client.set_tag(parent_run_id, MLFLOW_RUN_NOTE,
+                   note_markdown(sweep, parent.info.experiment_id, parent_run_id, best,
+                                 version, plot_files, promotion_message))
+
+
+def _model_version(client, run_id: str):
+    versions = client.search_model_versions(f"run_id = '{run_id}'")
+    if not versions:
+        return None
+    latest = max(versions, key=lambda v: int(v.version))
+    return client.get_model_version(latest.name, latest.version)  # search omits aliases
+
+
+def note_markdown(sweep, experiment_id: str, parent_run_id: str, best, version,
+                  plot_files: list[str], promotion_message: str = "") -> str:
+    spec = sweep.spec
+    metric = spec.objective.metric
+    trials = own_trials(sweep.trials)
+    status = getattr(sweep, "status", None) or (
+        "ended" if all(TrialState(t.state).ended for t in trials) else "running")
+    lines = [f"### Sweep `{spec.sweep_id()}`: {_strategy(spec)}, "
+             f"{spec.objective.direction} `{metric}`",
+             "", f"**Status**: {status.lower()} · "
+                 f"**Trials**: {len(trials)} — {_counts(trials)}", "",
+             f"**Space**: {_space(spec)}", ""]
+    warm = len(sweep.trials) - len(trials)
+    if warm:
+        lines += [f"The search was seeded with {warm} earlier runs.", ""]
+    if best is None:
+        lines.append(f"**Best**: none yet (no trial has finished with `{metric}`)")
+    else:
+        link = run_link(experiment_id, best.run_id)
+        lines.append(f"**Best**: [{best.name}]({link}) ({label(best, spec.varying())}): "
+                     f"`{metric}` = {best.metrics[metric]:.4f}, run `{best.run_id}`")
+        if version is not None:
+            aliases = "".join(f" @{a}" for a in version.aliases)
+            lines.append(f"**Model**: [{version.name} v{version.version}]"
+                         f"(#/models/{version.name}/versions/{version.version}){aliases}")
+        else:
+            lines.append("**Model**: not registered (register with `driver.py --promote`)")
+    if promotion_message:
+        lines += ["", f"**Promotion**: {promotion_message}"]
+    if plot_files:
+        lines += ["", "**Plots**", ""]
+        lines += [f"![{Path(p).stem}](get-artifact?path={p}&run_uuid={parent_run_id})"
+                  for p in sorted(plot_files)]
+    return "\n".join(lines) + "\n"
+
+
+# MLflow 3.17's UI picks GenAI or model-training from this URL parameter, else from the
+# browser's last choice (GenAI by default); the experiment's kind tag is for other versions.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """A link to a run's page (model-training view) that works on any host the UI is on."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW}"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
+    """The experiment's runs in the UI, in the model-training view; None for a local store."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
+
+
+def _strategy(spec) -> str:
+    search = getattr(spec, "search", None)
+    if not search:
+        search = "random" if getattr(spec, "random_space", None) and getattr(
+            spec, "samples", 0) else "grid"
+    return f"{search} search"
+
+
+def _counts(trials) -> str:
+    counts = Counter(TrialState(t.state) for t in trials)
+    return ", ".join(f"{counts[s]} {STATE_WORDS[s]}" for s in TrialState if counts[s]) or "none"
+
+
+def _space(spec) -> str:
+    parts = [f"`{name}` ∈ {{{', '.join(map(str, values))}}}"
+             for name, values in getattr(spec, "grid", {}).items()]
+    for name, distribution in getattr(spec, "random_space", {}).items():
+        (kind, args), = distribution.items()
+        parts.append(f"`{name}` ~ {kind}{tuple(args) if kind != 'choice' else set(args)}")
+    fixed = getattr(spec, "params", {})
+    if fixed:
+        parts.append("fixed " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+    return " · ".join(parts) or "defaults only"

@@ -1,15 +1,19 @@
-"""driver.py --backend kubernetes on a real cluster: one Job per combination, nested runs,
-failures with their Kubernetes reason, resume as a no-op, and cancellation without leftovers."""
+"""driver.py --backend kubernetes on a real cluster, in the tests' own namespace: one Job per
+trial, nested runs, failures with their Kubernetes reason, resume as a no-op, cancellation
+without leftovers; and the faults a long sweep meets: a Job deleted behind its back, the driver
+SIGKILLed and started again, a submission the API server refuses, an early-stopped trial."""
 
+import json
 import re
 import signal
 import subprocess
 import time
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from celeb_smile.sweep.access import grant_trainer
+from celeb_smile.constants import (REASON_TAG, STOPPED_TAG, SWEEP_LABEL, TRIAL_INDEX_TAG)
 from tests.conftest import BIN_DIR, PROJECT_DIR, interrupt_when_training, sweep_runs
 
 pytestmark = pytest.mark.cluster
@@ -18,9 +22,10 @@ TINY = ["--param", "epochs=2", "--param", "training_samples=64",
 JOB_PATTERN = re.compile(r"submitted \(job (\S+)\)")
 
 
-def driver_command(stack, *args):
+def driver_command(stack, *args, backend_config=None):
     return [str(BIN_DIR / "python"), str(PROJECT_DIR / "driver.py"), "--backend", "kubernetes",
-            "--backend-config", str(stack.backend_config), "--poll-seconds", "2", *args]
+            "--backend-config", str(backend_config or stack.backend_config),
+            "--poll-seconds", "2", *args]
 
 
 def driver_env(stack):
@@ -28,18 +33,18 @@ def driver_env(stack):
                 KUBE_MLFLOW_TRACKING_URI=stack.in_cluster_tracking_uri)
 
 
-def granted_experiment(stack, name: str) -> str:
-    """Until the driver grants the trainer itself: the experiment, created and granted."""
-    experiment_id = MlflowClient(stack.tracking_uri).create_experiment(name)
-    grant_trainer(stack.tracking_uri, experiment_id)
-    return name
-
-
-def run_driver(stack, jobs, *args, timeout=900):
-    result = subprocess.run(driver_command(stack, *args), cwd=PROJECT_DIR, env=driver_env(stack),
-                            capture_output=True, text=True, timeout=timeout)
+def run_driver(stack, jobs, *args, timeout=900, **options):
+    result = subprocess.run(driver_command(stack, *args, **options), cwd=PROJECT_DIR,
+                            env=driver_env(stack), capture_output=True, text=True,
+                            timeout=timeout)
     jobs.names.extend(JOB_PATTERN.findall(result.stdout))
     return result
+
+
+def start_driver(stack, *args) -> subprocess.Popen:
+    return subprocess.Popen(driver_command(stack, *args), cwd=PROJECT_DIR,
+                            env=driver_env(stack), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
 
 
 def runs_on(stack, experiment):
@@ -47,8 +52,33 @@ def runs_on(stack, experiment):
     return (client, *sweep_runs(client, experiment))
 
 
+def sweep_jobs(stack, sweep_id: str) -> list[str]:
+    names = stack.kubectl("get", "jobs", "-l", f"{SWEEP_LABEL}={sweep_id}", "-o", "name").stdout
+    return names.split()
+
+
+def wait_for(condition, what: str, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(2)
+    pytest.fail(f"{what}: not within {timeout}s")
+
+
+def training_runs(client, experiment, count: int):
+    """Once `count` trials of `experiment` have logged an epoch: their runs."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs = [r for r in client.search_runs([found.experiment_id])
+            if "mlflow.parentRunId" in r.data.tags and "loss" in r.data.metrics]
+    return runs if len(runs) >= count else None
+
+
 def test_four_combinations_two_at_a_time_then_rerun_is_a_no_op(cluster_stack, training_jobs):
-    experiment = granted_experiment(cluster_stack, f"cluster-sweep-{int(time.time())}")
+    experiment = f"cluster-sweep-{int(time.time())}"
     args = ["--experiment", experiment, "--max-parallel", "2", "--grid", "convolutions=0,1",
             "--grid", "randomize_images=true,false", *TINY]
     first = run_driver(cluster_stack, training_jobs, *args)
@@ -60,21 +90,22 @@ def test_four_combinations_two_at_a_time_then_rerun_is_a_no_op(cluster_stack, tr
     assert {c.info.status for c in children} == {"FINISHED"}
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     assert {c.data.tags["mlflow.project.backend"] for c in children} == {"kubernetes"}
-    assert all(len(client.get_metric_history(c.info.run_id, "val_accuracy")) == 2
-               for c in children)
-    assert client.get_model_version_by_alias("celeb-smile", "champion").run_id == \
-        parent.data.tags["celeb_smile.best_run_id"]
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == [0, 1]  # no gap, no duplicate
+        log = client.download_artifacts(child.info.run_id, "logs/trial.log")
+        assert "config: " in open(log).read()  # the pod's whole log, kept after its TTL
 
     again = run_driver(cluster_stack, training_jobs, *args, "--no-build")
     assert again.returncode == 0, again.stdout[-3000:]
-    assert "0 to run, 4 finished earlier" in again.stdout
+    assert "4 done before" in again.stdout
     assert len(training_jobs.names) == 4  # no new Job
     assert len(runs_on(cluster_stack, experiment)[2]) == 4
 
 
 def test_failing_combination_is_reported_with_its_reason_while_others_finish(
         cluster_stack, training_jobs):
-    experiment = granted_experiment(cluster_stack, f"cluster-fail-{int(time.time())}")
+    experiment = f"cluster-fail-{int(time.time())}"
     # The tfds-data volume holds no CelebA: that trial's pod exits 1, the other finishes.
     result = run_driver(cluster_stack, training_jobs, "--experiment", experiment, "--no-build",
                         "--grid", "dataset=synthetic,celeb_a", *TINY)
@@ -85,18 +116,24 @@ def test_failing_combination_is_reported_with_its_reason_while_others_finish(
     assert by_dataset["synthetic"].info.status == "FINISHED"
     failed = by_dataset["celeb_a"]
     assert failed.info.status == "FAILED"
-    assert "exit code 1" in failed.data.tags["celeb_smile.failure_reason"]
-    tail = client.download_artifacts(failed.info.run_id, "logs/tail.txt")
-    assert "CelebA is not prepared" in open(tail).read()
+    assert "exit code 1" in failed.data.tags[REASON_TAG]
+    log = client.download_artifacts(failed.info.run_id, "logs/trial.log")
+    assert "CelebA is not prepared" in open(log).read()
+    volumes = {}
+    for job in training_jobs.names:
+        pods = json.loads(cluster_stack.kubectl("get", "pods", "-l", f"job-name={job}",
+                                                "-o", "json").stdout)["items"]
+        dataset = pods[0]["spec"]["containers"][0]["command"]
+        dataset = dataset[dataset.index("--dataset") + 1]
+        volumes[dataset] = [v["name"] for v in pods[0]["spec"].get("volumes", [])]
+    assert "tfds-data" in volumes["celeb_a"] and "tfds-data" not in volumes["synthetic"]
 
 
 def test_interrupted_sweep_deletes_its_jobs_and_pods(cluster_stack, training_jobs):
-    experiment = granted_experiment(cluster_stack, f"cluster-cancel-{int(time.time())}")
-    process = subprocess.Popen(
-        driver_command(cluster_stack, "--experiment", experiment, "--no-build", "--grid", "seed=1,2,3",
-                       "--param", "epochs=100", "--param", "training_samples=256"),
-        cwd=PROJECT_DIR, env=driver_env(cluster_stack), stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+    experiment = f"cluster-cancel-{int(time.time())}"
+    process = start_driver(cluster_stack, "--experiment", experiment, "--no-build",
+                           "--grid", "seed=1,2,3", "--param", "epochs=100",
+                           "--param", "training_samples=256")
     client = MlflowClient(cluster_stack.tracking_uri)
     trained, output = interrupt_when_training(process, client, experiment, signal.SIGTERM, 300)
     training_jobs.names.extend(JOB_PATTERN.findall(output))  # cleaned up whatever happens
@@ -106,3 +143,94 @@ def test_interrupted_sweep_deletes_its_jobs_and_pods(cluster_stack, training_job
     assert training_jobs.remaining() == []  # deleted by the driver, not by the clean-up
     _, _, children = runs_on(cluster_stack, experiment)
     assert {c.info.status for c in children} == {"KILLED"}
+
+
+def test_a_job_deleted_behind_the_drivers_back_fails_its_trial(cluster_stack, training_jobs):
+    experiment = f"cluster-deleted-{int(time.time())}"
+    process = start_driver(cluster_stack, "--experiment", experiment, "--no-build",
+                           "--grid", "epochs=60,2", "--param", "training_samples=64",
+                           "--param", "validation_samples=32")
+    client = MlflowClient(cluster_stack.tracking_uri)
+    try:
+        runs = wait_for(lambda: training_runs(client, experiment, 1), "a trial training")
+        long_run = next((r for r in runs if r.data.params["epochs"] == "60"), None) or \
+            wait_for(lambda: [r for r in training_runs(client, experiment, 2) or []
+                              if r.data.params["epochs"] == "60"], "the long trial")[0]
+        job = long_run.data.tags["celeb_smile.job"].split("/", 1)[1]
+        cluster_stack.kubectl("delete", "job", job, "--wait=false")
+        output, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    training_jobs.names.extend(JOB_PATTERN.findall(output))
+    assert process.returncode == 1, output[-4000:]
+    deleted = client.get_run(long_run.info.run_id)
+    assert deleted.info.status == "FAILED"
+    assert deleted.data.tags[REASON_TAG] == f"Job {job} deleted"
+    _, _, children = runs_on(cluster_stack, experiment)
+    assert {c.data.params["epochs"]: c.info.status for c in children}["2"] == "FINISHED"
+
+
+def test_a_killed_driver_started_again_adopts_its_trials(cluster_stack, training_jobs):
+    experiment = f"cluster-adopt-{int(time.time())}"
+    args = ["--experiment", experiment, "--no-build", "--max-parallel", "2",
+            "--grid", "seed=1,2,3", "--param", "epochs=12", "--param", "training_samples=64",
+            "--param", "validation_samples=32"]
+    process = start_driver(cluster_stack, *args)
+    client = MlflowClient(cluster_stack.tracking_uri)
+    try:
+        wait_for(lambda: training_runs(client, experiment, 2), "two trials training")
+    finally:
+        process.send_signal(signal.SIGKILL)
+        output, _ = process.communicate()
+    training_jobs.names.extend(JOB_PATTERN.findall(output))
+    again = run_driver(cluster_stack, training_jobs, *args)
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-2000:]
+    assert "2 adopted in flight" in again.stdout
+    _, (parent,), children = runs_on(cluster_stack, experiment)
+    assert sorted(c.data.tags[TRIAL_INDEX_TAG] for c in children) == ["1", "2", "3"]
+    assert {c.info.status for c in children} == {"FINISHED"}
+    sweep_id = parent.data.tags["celeb_smile.sweep_id"]
+    assert len(sweep_jobs(cluster_stack, sweep_id)) == 3  # none submitted twice
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
+        assert sorted(steps) == list(range(12))
+
+
+def test_a_refused_submission_ends_its_run_failed_with_the_reason(
+        cluster_stack, training_jobs, tmp_path):
+    config = json.loads(cluster_stack.backend_config.read_text())
+    template = yaml.safe_load(open(cluster_stack.backend_config.parent /
+                                   config["kube-job-template-path"]))
+    template["metadata"]["namespace"] = "celeb-smile-no-such-namespace"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(template))
+    config["kube-job-template-path"] = str(tmp_path / "job.yaml")
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    experiment = f"cluster-refused-{int(time.time())}"
+    result = run_driver(cluster_stack, training_jobs, "--experiment", experiment, "--no-build",
+                        *TINY, backend_config=tmp_path / "config.json")
+    assert result.returncode == 1, result.stdout[-3000:]
+    _, _, (child,) = runs_on(cluster_stack, experiment)
+    assert child.info.status == "FAILED"
+    assert child.data.tags[REASON_TAG].startswith("submission failed: Job rejected (404")
+
+
+def test_an_early_stopped_trial_loses_its_job_and_pod_and_ends_killed_with_the_rule(
+        cluster_stack, training_jobs):
+    experiment = f"cluster-stop-{int(time.time())}"
+    # The sane learning rate finishes first (one at a time); the absurd one's first epoch is
+    # then worse than the median of the finished trial's running average: stopped at once.
+    result = run_driver(cluster_stack, training_jobs, "--experiment", experiment, "--no-build",
+                        "--sweep", str(PROJECT_DIR / "tests" / "cluster" / "median_stop.yaml"))
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    client, _, children = runs_on(cluster_stack, experiment)
+    stopped = next(c for c in children if c.data.params["learning_rate"] == "50.0")
+    assert stopped.info.status == "KILLED"
+    assert "median" in stopped.data.tags[STOPPED_TAG]
+    assert client.get_metric_history(stopped.info.run_id, "val_loss")  # its metrics stay
+    job = stopped.data.tags["celeb_smile.job"].split("/", 1)[1]
+    leftovers = cluster_stack.kubectl("get", "jobs,pods", "-l", f"job-name={job}",
+                                      "-o", "name").stdout.split()
+    job_left = cluster_stack.kubectl("get", "jobs", job, "--ignore-not-found",
+                                     "-o", "name").stdout.split()
+    assert leftovers + job_left == []

@@ -8,11 +8,11 @@ import pytest
 from mlflow import MlflowClient
 
 from celeb_smile import IMAGE_SHAPE
-from celeb_smile.sweep.backends import docker_free_project
+from celeb_smile.constants import ERROR_TAG, EPOCH_METRICS, FINAL_METRICS
+from tests.helpers.project import docker_free_project
 from tests.conftest import BIN_DIR, PROJECT_DIR
 
 pytestmark = pytest.mark.integration
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 # Settings that learn the synthetic set (see benchmarks/README.md for the timings).
 LEARNING_PARAMS = {"epochs": "8", "training_samples": "2000", "validation_samples": "300",
                    "convolutions": "1", "batch_size": "32", "dataset": "synthetic"}
@@ -51,10 +51,13 @@ def test_mlflow_run_records_params_epoch_metrics_and_a_loadable_model(
     for name, value in small_params.items():
         assert run.data.params[name] == value
     assert run.data.params["randomize_images"] == "true"  # resolved defaults are logged too
+    # Exactly the metrics a sweep's objective may name (celeb_smile.constants).
+    assert set(run.data.metrics) == set(EPOCH_METRICS + FINAL_METRICS)
     for metric in EPOCH_METRICS:
         history = client.get_metric_history(run.info.run_id, metric)
         assert sorted(m.step for m in history) == [0, 1], metric
-    assert "test_accuracy" in run.data.metrics
+    for metric in FINAL_METRICS:
+        assert len(client.get_metric_history(run.info.run_id, metric)) == 1, metric
     mlflow.set_tracking_uri(mlflow_server)
     model = mlflow.pyfunc.load_model(f"runs:/{run.info.run_id}/model")
     images = np.zeros((3, *IMAGE_SHAPE), dtype=np.uint8)
@@ -69,6 +72,37 @@ def test_bad_parameter_under_mlflow_run_ends_the_run_failed_with_its_message(
     _, run = only_run(mlflow_server, "it-bad")
     assert run.info.status == "FAILED"
     assert run.data.tags["celeb_smile.error"] == "epochs must be a positive integer, got 0"
+
+
+def test_other_spellings_of_valid_values_train_under_mlflow_run(
+        mlflow_server, local_project, small_params):
+    """MLflow logs -P values as given when it creates the run; train.py must not try to
+    re-log them in its own spelling (MLflow refuses to change a logged parameter)."""
+    spelt = {"learning_rate": "1e-3", "randomize_images": "True", "epochs": "02"}
+    result = mlflow_run(mlflow_server, local_project, dict(small_params, **spelt), "it-spelling")
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(mlflow_server, "it-spelling")
+    assert run.info.status == "FINISHED"
+    assert {name: run.data.params[name] for name in spelt} == spelt
+    assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == 2
+
+
+def test_a_run_recording_a_different_value_is_refused_with_both_values(
+        mlflow_server, small_params):
+    client = MlflowClient(mlflow_server)
+    run_id = client.create_run(client.create_experiment("it-different")).info.run_id
+    client.log_param(run_id, "learning_rate", "0.5")
+    argv = [str(BIN_DIR / "python"), "train.py", "--learning_rate", "1e-3"]
+    for name, value in small_params.items():
+        argv += [f"--{name}", value]
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_RUN_ID": run_id,
+           "PATH": f"{BIN_DIR}:/usr/bin:/bin"}
+    result = subprocess.run(argv, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
+                            timeout=300)
+    message = f"run {run_id} already records learning_rate=0.5, not 0.001"
+    assert result.returncode == 1 and f"error: {message}" in result.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags[ERROR_TAG] == message
 
 
 def test_missing_celeb_a_fails_the_run_with_a_clear_message(

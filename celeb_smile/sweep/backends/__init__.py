@@ -1,0 +1,76 @@
+"""Where trials run: local processes (`local`) or Kubernetes Jobs (`kubernetes`).
+
+The scheduler creates each trial's MLflow run itself (parameters normalised, tags that say how
+to find the trial again), then asks a backend to launch it. A backend answers for all the
+trials in flight at once (`observe`: one listing per poll, whatever their number), adopts the
+trials of a driver that died (`adopt`, from the run's tags), cancels, and hands over logs.
+"""
+
+import hashlib
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from celeb_smile.constants import TrialState
+from celeb_smile.sweep.spec import ENTRY_POINT, PROJECT_DIR
+
+# What a trial runs: hashed into the code version that resume matches runs by.
+CODE_FILES = ("MLproject", "train.py", "Dockerfile", "pyproject.toml")
+CODE_DIRS = ("celeb_smile",)
+EXCLUDED_DIRS = ("celeb_smile/sweep",)  # the driver's own code does not change what trains
+
+
+@dataclass
+class Observation:
+    """What a backend sees of one trial: its state and why (reason for FAILED, or what a
+    SCHEDULED trial waits for, e.g. an unschedulable pod)."""
+
+    state: TrialState
+    reason: str = ""
+    exit_code: int | None = None
+
+
+class PreparationError(RuntimeError):
+    """The backend cannot start trials (no cluster access, the image does not build...)."""
+
+
+class LaunchError(RuntimeError):
+    """A launch that will not work however often it is retried (e.g. a rejected Job spec)."""
+
+
+def code_version(root: Path = PROJECT_DIR) -> str:
+    """A short hash of the files that decide what a trial computes (not the driver)."""
+    digest = hashlib.sha256()
+    paths = [root / name for name in CODE_FILES]
+    for directory in CODE_DIRS:
+        paths += sorted(p for p in (root / directory).rglob("*.py")
+                        if not any(p.is_relative_to(root / x) for x in EXCLUDED_DIRS))
+    for path in paths:
+        digest.update(str(path.relative_to(root)).encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def entry_point_argv(params: dict[str, str]) -> list[str]:
+    """MLproject's main command for `params`, as an argv (no shell, no re-quoting)."""
+    import shlex
+
+    from mlflow.projects._project_spec import load_project
+
+    entry_point = load_project(str(PROJECT_DIR)).get_entry_point(ENTRY_POINT)
+    return shlex.split(entry_point.compute_command(params, storage_dir=None))
+
+
+def tail(text: str, lines: int = 60) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run_docker(*args: str) -> str:
+    try:
+        result = subprocess.run(["docker", *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise PreparationError("docker is not installed (needed to build the training image; "
+                               "or pass --no-build)") from None
+    if result.returncode != 0:
+        raise PreparationError(f"docker {args[0]} failed: {tail(result.stderr or result.stdout, 5)}")
+    return result.stdout

@@ -1,0 +1,365 @@
+"""Kubernetes trials: one Job per trial, from job_template.yaml, on the training image that
+`prepare` builds and pushes once per sweep (or finds in the registry with --no-build).
+
+The driver creates the Jobs itself, as MLflow's kubernetes backend would (same template, same
+entry-point command, same MLFLOW_* variables), but with a name derived from the run id, so a
+retried submission never makes a second Job, and with labels that list a whole sweep's Jobs and
+pods in one call.
+"""
+
+import copy
+import json
+import re
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+from celeb_smile.constants import JOB_TAG, RUN_LABEL, SWEEP_LABEL, TrialState
+from celeb_smile.sweep.backends import (LaunchError, Observation, PreparationError,
+                                        entry_point_argv, run_docker)
+from celeb_smile.sweep.spec import PROJECT_DIR
+
+REQUEST_TIMEOUT = (5, 15)  # connect, read (seconds) on every Kubernetes API call
+DATA_VOLUMES = ("tfds-data",)  # mounted only by trials that read CelebA
+# Waiting reasons that do not resolve by themselves. ErrImagePull is not among them: a pull
+# can fail once and then succeed; Kubernetes moves to ImagePullBackOff when it keeps failing.
+STUCK_REASONS = ("ImagePullBackOff", "InvalidImageName", "CreateContainerConfigError",
+                 "CreateContainerError")
+DIGEST_PATTERN = re.compile(r"digest: (sha256:[0-9a-f]{64})")
+
+
+class KubernetesTrial:
+    def __init__(self, run_id: str, namespace: str, job_name: str):
+        self.run_id = run_id
+        self.namespace = namespace
+        self.job_name = job_name
+        self.pods_seen: set[str] = set()
+        self.stuck = False
+
+    def describe(self) -> str:
+        return f"job {self.job_name}"
+
+
+class KubernetesBackend:
+    name = "kubernetes"
+    remote = True
+
+    def __init__(self, backend_config: Path, cluster_tracking_uri: str, sweep_id: str,
+                 build: bool = True):
+        self.config = read_backend_config(backend_config)
+        self.template = yaml.safe_load(Path(self.config["kube-job-template-path"]).read_text())
+        self.namespace = self.template["metadata"].get("namespace", "default")
+        self.cluster_tracking_uri = cluster_tracking_uri
+        self.sweep_id = sweep_id
+        self.build = build
+        self.image = project_image(self.config["repository-uri"])
+        self.image_ref = None  # image@digest, once prepared
+        self._core = self._batch = None
+        self.calls = 0  # list calls, for the sweep-overhead benchmark
+
+    # -- set-up ------------------------------------------------------------------------------
+    def prepare(self, console) -> None:
+        self._core, self._batch = kubernetes_clients(self.config.get("kube-context"))
+        if self.build:
+            with console.status(f"building and pushing {self.image} (once for the sweep)"):
+                run_docker("build", "-t", self.image, str(PROJECT_DIR))
+                digest = DIGEST_PATTERN.findall(run_docker("push", self.image))
+            if not digest:
+                raise PreparationError(f"docker push {self.image} printed no digest")
+            self.image_ref = f"{self.image}@{digest[-1]}"
+            console.print(f"[green]image[/] {self.image_ref} built and pushed")
+        else:
+            self.image_ref = f"{self.image}@{registry_digest(self.image)}"
+            console.print(f"image {self.image_ref} (from the registry, not rebuilt)")
+
+    def run_tags(self, trial) -> dict[str, str]:
+        return {JOB_TAG: f"{self.namespace}/{job_name(self.sweep_id, trial)}",
+                "mlflow.project.backend": "kubernetes", "mlflow.project.env": "docker",
+                "mlflow.docker.image.uri": self.image_ref or self.image}
+
+    # -- one trial ---------------------------------------------------------------------------
+    def launch(self, trial, experiment_id: str, tracking_uri: str) -> KubernetesTrial:
+        """Create the trial's Job; an existing Job of the same name (a retried call whose
+        first attempt did go through) counts as created."""
+        from kubernetes.client.rest import ApiException
+
+        job = self.job_manifest(trial, experiment_id)
+        try:
+            self._batch.create_namespaced_job(self.namespace, job,
+                                              _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status == 409:
+                pass
+            elif error.status in (400, 403, 404, 422):
+                raise LaunchError(f"Job rejected ({error.status} {error.reason}): "
+                                  f"{_api_message(error)}") from None
+            else:
+                raise
+        return KubernetesTrial(trial.run_id, self.namespace, job["metadata"]["name"])
+
+    def job_manifest(self, trial, experiment_id: str) -> dict:
+        job = copy.deepcopy(self.template)
+        name = job_name(self.sweep_id, trial)
+        labels = {SWEEP_LABEL: self.sweep_id, RUN_LABEL: trial.run_id}
+        job["metadata"]["name"] = name
+        job["metadata"].setdefault("labels", {}).update(labels)
+        pod = job["spec"]["template"]
+        pod.setdefault("metadata", {}).setdefault("labels", {}).update(labels)
+        container = pod["spec"]["containers"][0]
+        container["name"] = "train"
+        container["image"] = self.image_ref
+        container["command"] = entry_point_argv(trial.params)
+        container.setdefault("env", [])
+        container["env"] += [{"name": k, "value": v} for k, v in {
+            "MLFLOW_RUN_ID": trial.run_id, "MLFLOW_EXPERIMENT_ID": experiment_id,
+            "MLFLOW_TRACKING_URI": self.cluster_tracking_uri}.items()]
+        if trial.params.get("dataset") != "celeb_a":
+            _drop_volumes(pod["spec"], DATA_VOLUMES)
+        return job
+
+    def adopt(self, trial, run) -> KubernetesTrial | None:
+        where = run.data.tags.get(JOB_TAG, "")
+        namespace, _, name = where.partition("/")
+        return KubernetesTrial(trial.run_id, namespace, name) if name else None
+
+    # -- watching, stopping, logs: see JobWatch ----------------------------------------------
+    @property
+    def watch(self) -> "JobWatch":
+        return JobWatch(self._core, self._batch, self.namespace, self.sweep_id)
+
+    def observe(self, trials) -> dict[int, Observation]:
+        watch = self.watch
+        observed = watch.observe(trials)
+        self.calls += watch.calls
+        return observed
+
+    def cancel(self, handle: KubernetesTrial) -> None:
+        self.watch.cancel(handle)
+
+    def cancel_all(self, handles) -> None:
+        self.watch.cancel_all()
+
+    def release(self, handle: KubernetesTrial) -> None:
+        """After a failure: a Job stuck on its image would retry forever, so delete it; a Job
+        that ran keeps its pod until ttlSecondsAfterFinished (its log is already saved)."""
+        if handle.stuck:
+            self.cancel(handle)
+
+    def logs(self, handle: KubernetesTrial) -> str:
+        return self.watch.logs(handle)
+
+
+
+class JobWatch:
+    """A sweep's Jobs and pods in one namespace: all observed in two list calls per poll."""
+
+    def __init__(self, core, batch, namespace: str, sweep_id: str):
+        self._core, self._batch = core, batch
+        self.namespace = namespace
+        self.sweep_id = sweep_id
+        self.calls = 0
+
+    def observe(self, trials) -> dict[int, Observation]:
+        selector = f"{SWEEP_LABEL}={self.sweep_id}"
+        jobs = self._batch.list_namespaced_job(self.namespace, label_selector=selector,
+                                               _request_timeout=REQUEST_TIMEOUT).items
+        pods = self._core.list_namespaced_pod(self.namespace, label_selector=selector,
+                                              _request_timeout=REQUEST_TIMEOUT).items
+        self.calls += 2
+        jobs_by_name = {job.metadata.name: job for job in jobs}
+        pods_by_job: dict[str, list] = {}
+        for pod in pods:
+            if pod.metadata.deletion_timestamp is None:
+                pods_by_job.setdefault(pod.metadata.labels.get("job-name", ""), []).append(pod)
+        return {trial.index: self._observe(trial.handle, jobs_by_name.get(trial.handle.job_name),
+                                           pods_by_job.get(trial.handle.job_name, []))
+                for trial in trials}
+
+    def _observe(self, handle: KubernetesTrial, job, pods) -> Observation:
+        if job is None or job.metadata.deletion_timestamp is not None:
+            return Observation(TrialState.FAILED, f"Job {handle.job_name} deleted")
+        for condition in job.status.conditions or []:
+            if condition.status != "True":
+                continue
+            if condition.type == "Complete":
+                return Observation(TrialState.FINISHED)
+            if condition.type == "Failed":
+                if condition.reason == "DeadlineExceeded":
+                    return Observation(TrialState.FAILED,
+                                       f"DeadlineExceeded: {condition.message}")
+                return Observation(TrialState.FAILED,
+                                   _pod_failure(pods) or condition.reason or "Failed")
+        names = {pod.metadata.name for pod in pods}
+        vanished = handle.pods_seen - names
+        if vanished:
+            return Observation(TrialState.FAILED, f"pod {sorted(vanished)[0]} deleted")
+        handle.pods_seen |= names
+        for pod in pods:
+            stuck = _stuck_reason(pod)
+            if stuck:
+                handle.stuck = True
+                return Observation(TrialState.FAILED, stuck)
+            if pod.status.phase == "Running":
+                return Observation(TrialState.RUNNING)
+        waiting = next(filter(None, (_waiting_reason(pod) for pod in pods)), "")
+        return Observation(TrialState.SCHEDULED, waiting)
+
+    def cancel(self, handle: KubernetesTrial) -> None:
+        """Delete the Job and its pods (deleting a Job alone can leave its pod running)."""
+        from kubernetes.client import V1DeleteOptions
+        from kubernetes.client.rest import ApiException
+
+        try:
+            self._batch.delete_namespaced_job(
+                handle.job_name, handle.namespace, _request_timeout=REQUEST_TIMEOUT,
+                body=V1DeleteOptions(propagation_policy="Background", grace_period_seconds=0))
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        self._core.delete_collection_namespaced_pod(
+            handle.namespace, label_selector=f"job-name={handle.job_name}",
+            grace_period_seconds=0, _request_timeout=REQUEST_TIMEOUT)
+
+    def cancel_all(self) -> None:
+        """Every Job and pod of this sweep, in two calls (the second Ctrl-C's fast path)."""
+        from kubernetes.client import V1DeleteOptions
+
+        selector = f"{SWEEP_LABEL}={self.sweep_id}"
+        self._batch.delete_collection_namespaced_job(
+            self.namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT,
+            body=V1DeleteOptions(propagation_policy="Background", grace_period_seconds=0))
+        self._core.delete_collection_namespaced_pod(
+            self.namespace, label_selector=selector, grace_period_seconds=0,
+            _request_timeout=REQUEST_TIMEOUT)
+
+    def logs(self, handle: KubernetesTrial) -> str:
+        from kubernetes.client.rest import ApiException
+
+        pods = self._core.list_namespaced_pod(
+            handle.namespace, label_selector=f"job-name={handle.job_name}",
+            _request_timeout=REQUEST_TIMEOUT).items
+        texts = []
+        for pod in pods:
+            try:
+                texts.append(self._core.read_namespaced_pod_log(
+                    pod.metadata.name, handle.namespace, _request_timeout=(5, 60)))
+            except ApiException as error:
+                texts.append(f"(no log from pod {pod.metadata.name}: {error.reason})")
+        return "\n".join(texts)
+
+
+
+def job_name(sweep_id: str, trial) -> str:
+    """DNS-1123 and unique per run: `celeb-smile-<sweep>-t<NN>-<run id prefix>`."""
+    return f"celeb-smile-{sweep_id}-t{trial.index:02d}-{trial.run_id[:8]}"
+
+
+def kubernetes_clients(context: str | None = None):
+    """(CoreV1Api, BatchV1Api): in-cluster configuration first, the kubeconfig as fallback."""
+    from kubernetes import client, config
+    from kubernetes.config.config_exception import ConfigException
+
+    try:
+        config.load_incluster_config()
+    except ConfigException:
+        try:
+            config.load_kube_config(context=context)
+        except (ConfigException, OSError) as error:
+            raise PreparationError(f"no usable kubeconfig (KUBECONFIG or ~/.kube/config): "
+                                   f"{error}") from None
+    return client.CoreV1Api(), client.BatchV1Api()
+
+
+def read_backend_config(path: Path) -> dict:
+    try:
+        config = json.loads(Path(path).read_text())
+    except OSError as error:
+        raise ValueError(f"cannot read backend config {path}: {error.strerror}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"backend config {path} is not valid JSON: {error}") from None
+    for key in ("kube-job-template-path", "repository-uri"):
+        if key not in config:
+            raise ValueError(f"backend config {path} lacks {key!r}")
+    template = Path(config["kube-job-template-path"])
+    if not template.is_absolute():  # relative to the config file, wherever the driver runs
+        template = Path(path).resolve().parent / template
+    if not template.is_file():
+        raise ValueError(f"job template {template} (from {path}) does not exist")
+    config["kube-job-template-path"] = str(template)
+    return config
+
+
+def project_image(repository_uri: str) -> str:
+    """The backend config's repository with MLproject's image tag (as MLflow names it)."""
+    from mlflow.projects._project_spec import load_project
+
+    image = load_project(str(PROJECT_DIR)).docker_env["image"]
+    tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest"
+    return f"{repository_uri}:{tag}"
+
+
+def registry_digest(image: str) -> str:
+    """The digest the registry holds for `image` (host/repo:tag), via the registry API."""
+    host, _, rest = image.partition("/")
+    repository, _, tag = rest.rpartition(":")
+    accept = ", ".join(["application/vnd.docker.distribution.manifest.v2+json",
+                        "application/vnd.oci.image.manifest.v1+json",
+                        "application/vnd.docker.distribution.manifest.list.v2+json",
+                        "application/vnd.oci.image.index.v1+json"])
+    errors = []
+    for scheme in ("https", "http"):
+        request = urllib.request.Request(f"{scheme}://{host}/v2/{repository}/manifests/{tag}",
+                                         method="HEAD", headers={"Accept": accept})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                digest = response.headers.get("Docker-Content-Digest")
+                if digest:
+                    return digest
+        except OSError as error:
+            errors.append(f"{scheme}: {error}")
+    raise PreparationError(f"image {image} not found in its registry ({'; '.join(errors)}); "
+                           "push it with `make images` or drop --no-build")
+
+
+def _drop_volumes(pod_spec: dict, names) -> None:
+    pod_spec["volumes"] = [v for v in pod_spec.get("volumes", []) if v["name"] not in names]
+    for container in pod_spec["containers"]:
+        container["volumeMounts"] = [m for m in container.get("volumeMounts", [])
+                                     if m["name"] not in names]
+
+
+def _pod_failure(pods) -> str:
+    for pod in pods:
+        for status in pod.status.container_statuses or []:
+            ended = status.state.terminated
+            if ended and (ended.exit_code != 0 or ended.reason == "OOMKilled"):
+                return f"{ended.reason or 'Error'}, exit code {ended.exit_code}"
+    return ""
+
+
+def _stuck_reason(pod) -> str:
+    for status in pod.status.container_statuses or []:
+        waiting = status.state.waiting
+        if waiting and waiting.reason in STUCK_REASONS:
+            return f"{waiting.reason}: {waiting.message or status.image}"
+    return ""
+
+
+def _waiting_reason(pod) -> str:
+    """Why a pod is not running yet: unschedulable, pulling its image..."""
+    for condition in pod.status.conditions or []:
+        if condition.type == "PodScheduled" and condition.status == "False":
+            return f"{condition.reason}: {condition.message}"
+    for status in pod.status.container_statuses or []:
+        waiting = status.state.waiting
+        if waiting and waiting.reason not in ("ContainerCreating", None):
+            return f"{waiting.reason}: {waiting.message or ''}".strip(": ")
+    return ""
+
+
+def _api_message(error) -> str:
+    try:
+        return json.loads(error.body).get("message", "")[:300]
+    except (TypeError, ValueError):
+        return str(error.body)[:300]

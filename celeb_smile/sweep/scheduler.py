@@ -1,0 +1,617 @@
+"""Run a sweep: a parent MLflow run, one nested run per trial, at most `max_parallel` in flight.
+
+MLflow is the single record. A restarted driver (same command) finds its sweep there: trials
+still running are adopted and watched, those that ended meanwhile are reconciled, the rest
+continue; a lease on the parent run keeps a second driver out. The scheduler does not know
+which search strategy or stopping rule runs: it asks the search for parameters, tells it
+outcomes (through the trials), and carries out the rule's decisions.
+"""
+
+import json
+import signal
+import sys
+import threading
+import time
+
+import mlflow
+
+from celeb_smile.config import config_from_params
+from celeb_smile.constants import (CODE_VERSION_TAG, ERROR_TAG, EXIT_BAD_INPUT,
+                                   EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIAL_FAILED, PARAMS_TAG,
+                                   REASON_TAG, STOPPED_TAG, SWEEP_ID_TAG, SWEEP_RUN_TAG,
+                                   TRIAL_INDEX_TAG, TrialState)
+from celeb_smile.sweep import report
+from celeb_smile.sweep.backends import LaunchError, code_version
+from celeb_smile.sweep.progress import Progress
+from celeb_smile.sweep.retry import Unavailable, retrying
+from celeb_smile.sweep.search import make_search
+from celeb_smile.sweep.spec import describe
+from celeb_smile.sweep.stopping import make_stopping_rule
+from celeb_smile.sweep.tracking import Tracking
+from celeb_smile.sweep.trial import Trial
+
+S = TrialState
+LEASE_RENEW_SECONDS = 30
+LAUNCH_PATIENCE_S = 120  # a submission is retried this long before its trial fails
+
+
+class HardStop(BaseException):
+    """A second Ctrl-C: leave now (Jobs are still deleted)."""
+
+
+class Sweep:
+    def __init__(self, spec, backend, console, *, tracking_uri: str, rerun=False,
+                 poll_seconds=3.0, promote=False, warm_start=False,
+                 pending_timeout=900.0, outage_seconds=300.0, stats_path=None):
+        self.spec = spec
+        self.backend = backend
+        self.console = console
+        self.tracking_uri = tracking_uri
+        self.rerun = rerun
+        self.poll_seconds = poll_seconds
+        self.promote = promote
+        self.warm_start = warm_start
+        self.pending_timeout = pending_timeout
+        self.stats_path = stats_path  # JSON lines of per-poll API calls (benchmarks)
+        self.interrupted = threading.Event()  # first Ctrl-C: no more submissions, cancel
+        self.hard_stop = threading.Event()  # second Ctrl-C
+        self.tracking = Tracking(self.interrupted, outage_seconds, on_retry=self._retrying)
+        self.client = self.tracking.client
+        self.sweep_id = spec.sweep_id()
+        self.search = make_search(spec)
+        self.rule = make_stopping_rule(spec)
+        self.code_version = code_version()
+        self.trials: list[Trial] = []
+        self.warm: list[Trial] = []  # earlier sweeps' runs that seed an adaptive search
+        self.status = None  # the parent's final status
+        self.ended_because = ""  # goal reached, budget spent, too many failures...
+        self.experiment_id = self.parent_id = None
+        self.seconds_before = 0.0  # wall time of earlier drivers of this sweep
+        self.started = time.monotonic()
+        self._finished_elsewhere: dict | None = None
+        self._unrecorded: set[int] = set()  # trials whose end is not on their run yet
+        self.lost = ""  # why the sweep gave up on the tracking server
+        self._unreachable: dict[str, float] = {}  # what is unreachable, since when
+        self._lease_renewed = 0.0
+        self.progress = Progress(console, self.trials, spec.varying(), spec.objective.metric)
+
+    # == the whole sweep =========================================================================
+    def run(self) -> int:
+        self.experiment_id = self.tracking.experiment_id(self.spec.experiment)
+        parent, runs = self.tracking.sweep_runs(self.experiment_id, self.sweep_id)
+        if parent is not None and (holder := self.tracking.lease_holder(parent)):
+            print(f"error: sweep {self.sweep_id} is being run by another driver ({holder}); "
+                  f"wait for it to end, or for its lease to expire after it died",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        self.backend.prepare(self.console)  # before the parent run: a failure leaves no trace
+        self._open_parent(parent)
+        try:
+            with _signals_routed(self._on_signal):
+                self._load(runs)
+                self._load_warm_start()
+                self._announce()
+                self._run_trials()
+        except HardStop:
+            return self._hard_exit()
+        self.status = self._final_status()
+        try:
+            self._close_parent()
+        except Unavailable as error:
+            print(f"error: the sweep's record is incomplete: {error}", file=sys.stderr)
+            return EXIT_TRIAL_FAILED
+        return {"FINISHED": EXIT_OK, "FAILED": EXIT_TRIAL_FAILED}.get(self.status,
+                                                                     EXIT_INTERRUPTED)
+
+    def _open_parent(self, parent) -> None:
+        report.prepare_experiment(self.client, self.experiment_id)
+        if parent is None:
+            run = self.tracking.patient("create the sweep run", lambda: self.client.create_run(
+                self.experiment_id, run_name=f"sweep-{self.sweep_id}",
+                tags={SWEEP_ID_TAG: self.sweep_id, CODE_VERSION_TAG: self.code_version}))
+            self.parent_id = run.info.run_id
+            self.tracking.patient("log the sweep's settings", lambda: self._log_settings())
+        else:
+            self.parent_id = parent.info.run_id
+            self.seconds_before = parent.data.metrics.get("sweep_seconds", 0.0)
+            self.tracking.patient("resume the sweep run", lambda: self.client.update_run(
+                self.parent_id, status="RUNNING"))
+        holder = self.tracking.take_lease(self.parent_id)
+        if holder:
+            raise SystemExit(f"error: sweep {self.sweep_id} was taken by driver {holder}")
+        self._lease_renewed = time.monotonic()
+        self._grant_trainer()
+        mlflow.start_run(run_id=self.parent_id)  # the report logs to the active run
+
+    def _log_settings(self) -> None:
+        spec = self.spec
+        mlflow.MlflowClient().log_batch(self.parent_id, params=[
+            mlflow.entities.Param(k, str(v)) for k, v in {
+                "backend": self.backend.name, "search": getattr(spec, "search", "grid"),
+                "max_parallel": spec.max_parallel,
+                "objective": f"{spec.objective.direction} {spec.objective.metric}"}.items()])
+        self.client.log_text(self.parent_id, json.dumps(describe(spec), indent=2, default=str),
+                             "sweep.json")
+
+    def _grant_trainer(self) -> None:
+        """On a server with authentication, the training pods' identity may log to runs of
+        this experiment (and nothing else)."""
+        if not self.backend.remote:
+            return
+        try:
+            from celeb_smile.sweep.access import grant_trainer
+        except ImportError:
+            return
+        grant_trainer(self.tracking_uri, self.experiment_id)
+
+    def _close_parent(self) -> None:
+        try:
+            report.finish(self, self.parent_id)
+        except Unavailable:
+            raise
+        except Exception as error:  # noqa: BLE001 - a report bug must not lose the sweep's end
+            self.console.print(f"report failed: {type(error).__name__}: {error}", style="red",
+                               highlight=False, markup=False)
+        self._record_wall_time()
+        self.tracking.release_lease(self.parent_id)
+        self.tracking.end_run(self.parent_id, self.status)
+        mlflow.end_run(status=self.status)
+
+    def _announce(self) -> None:
+        planned = self.search.planned()
+        counts = {state: sum(t.state == state for t in self.trials) for state in S}
+        self.console.print(
+            f"sweep {self.sweep_id}: {getattr(self.spec, 'search', 'grid')} search, "
+            f"{planned if planned is not None else '?'} trials planned; "
+            f"{counts[S.FINISHED] + counts[S.STOPPED]} done before, "
+            f"{counts[S.SKIPPED]} finished earlier, {counts[S.SCHEDULED]} adopted in flight; "
+            f"backend {self.backend.name}, at most {self.spec.max_parallel} at once",
+            highlight=False)
+
+    # == picking up where an earlier driver left off =============================================
+    def _load(self, runs) -> None:
+        """This sweep's trials as MLflow recorded them: the latest attempt of each index."""
+        latest: dict[int, object] = {}
+        for run in runs:
+            index = run.data.tags.get(TRIAL_INDEX_TAG, "")
+            if index.isdigit() and (int(index) not in latest or
+                                    run.info.start_time > latest[int(index)].info.start_time):
+                latest[int(index)] = run
+        for index in sorted(latest):
+            self.trials.append(self._trial_from_run(index, latest[index]))
+        ended_meanwhile = [t for t in self.trials if t.state.in_flight and t.handle is None]
+        for trial in ended_meanwhile:
+            self._end(trial, S.FAILED, "its Job/process could not be found again")
+
+    def _trial_from_run(self, index: int, run) -> Trial:
+        trial = Trial(index, self._spec_params(run.data.params), sweep_id=self.sweep_id,
+                      run_id=run.info.run_id, metrics=dict(run.data.metrics),
+                      sweep_run_id=run.data.tags.get(SWEEP_RUN_TAG))
+        status, tags = run.info.status, run.data.tags
+        same_code = tags.get(CODE_VERSION_TAG) == self.code_version
+        if status == "FINISHED" and same_code:
+            trial.state = S.FINISHED
+        elif status == "KILLED" and STOPPED_TAG in tags:
+            trial.state, trial.reason = S.STOPPED, tags[STOPPED_TAG]
+        elif status in ("RUNNING", "SCHEDULED"):
+            trial.state, trial.handle = S.SCHEDULED, self.backend.adopt(trial, run)
+            trial.started = time.monotonic()
+        else:  # failed, interrupted, or made by other code: run it again
+            trial.state, trial.run_id, trial.metrics = S.PENDING, None, {}
+        if trial.state in (S.FINISHED, S.STOPPED):
+            history = self.tracking.histories([trial.run_id], self.spec.objective.metric)
+            trial.history = history.get(trial.run_id, [])
+        return trial
+
+    def _spec_params(self, logged: dict[str, str]) -> dict[str, str]:
+        """A run's parameters restricted to those the sweep sets (train.py logs them all)."""
+        keys = set(self.spec.params) | set(self.spec.varying())
+        return {k: v for k, v in logged.items() if k in keys}
+
+    def _load_warm_start(self) -> None:
+        if not self.warm_start:
+            return
+        runs = self.tracking.runs(self.experiment_id, self._same_code_finished())
+        mine = {t.run_id for t in self.trials}
+        for run in runs:
+            if run.info.run_id in mine or "mlflow.parentRunId" not in run.data.tags:
+                continue  # this sweep's own, or a sweep's parent run
+            self.warm.append(Trial(0, self._spec_params(run.data.params), state=S.FINISHED,
+                                   run_id=run.info.run_id, metrics=dict(run.data.metrics),
+                                   warm_start=True))
+        self.console.print(f"warm start: {len(self.warm)} finished runs of the same code")
+
+    def _same_code_finished(self) -> str:
+        return (f"attributes.status = 'FINISHED' and "
+                f"tags.`{CODE_VERSION_TAG}` = '{self.code_version}'")
+
+    def _finished_earlier(self, params: dict[str, str]):
+        """A FINISHED run of these parameters by the same code, in any sweep (resume)."""
+        if self._finished_elsewhere is None:
+            self._finished_elsewhere = {}
+            for run in self.tracking.runs(self.experiment_id, self._same_code_finished()):
+                key = _params_key(run.data.params)
+                if key is not None:
+                    self._finished_elsewhere.setdefault(key, run)
+        return self._finished_elsewhere.get(_params_key(params))
+
+    # == the loop ================================================================================
+    def _run_trials(self) -> None:
+        with self.progress:
+            try:
+                self._loop()
+            except Unavailable as error:
+                self._give_up(error)
+            self.progress.refresh()
+
+    def _loop(self) -> None:
+        while True:
+            self._poll()
+            if self.interrupted.is_set():
+                break
+            self._submit_while_room()
+            if not any(t.state.in_flight for t in self.trials):
+                break
+            self._keep_lease()
+            self.progress.refresh()
+            self.interrupted.wait(self.poll_seconds)
+        if self.interrupted.is_set():
+            self._cancel_in_flight("sweep interrupted", S.KILLED)
+
+    def _give_up(self, error: Unavailable) -> None:
+        """The tracking server stayed away too long: stop every Job, fail their trials, and
+        record that as soon as the server answers again (within one more outage window)."""
+        self.lost = f"gave up after an outage of over {self.tracking.outage_seconds:.0f}s: {error}"
+        self.console.print(f"[red]{self.lost}; cancelling every trial[/]", highlight=False)
+        in_flight = [t for t in self.trials if t.state.in_flight and t.handle is not None]
+        try:
+            self._retry_backend("cancel the trials", lambda: self.backend.cancel_all(
+                [t.handle for t in in_flight]), patience=60)
+        except Unavailable as cancel_error:
+            self.console.print(f"[red]could not cancel the trials: {cancel_error}[/]")
+        for trial in in_flight:
+            trial.state, trial.reason, trial.ended = S.FAILED, self.lost, time.monotonic()
+            self._unrecorded.add(trial.index)
+        self.tracking.stop = self.hard_stop
+        for trial in [t for t in self.trials if t.index in self._unrecorded]:
+            try:
+                self._record_end(trial, {})
+                self._unrecorded.discard(trial.index)
+            except Unavailable:
+                break
+        unrecorded = [t.run_id for t in self.trials if t.index in self._unrecorded]
+        if unrecorded:
+            self.console.print(f"[red]runs left RUNNING ({', '.join(unrecorded)}): run the "
+                               "same command again once the server is back to record them[/]")
+
+    def _poll(self) -> None:
+        """One round: the backend's view of every trial in flight (one listing), their runs'
+        latest metrics (one query) and new epochs' values (one query), then decisions."""
+        in_flight = [t for t in self.trials if t.state.in_flight and t.handle is not None]
+        if not in_flight:
+            return
+        calls_before = self.backend.calls + self.tracking.calls
+        observed = self._observe(in_flight)
+        self._read_metrics(in_flight)
+        self._stat(in_flight=len(in_flight),
+                   api_calls=self.backend.calls + self.tracking.calls - calls_before)
+        for trial in in_flight:
+            seen = observed.get(trial.index)
+            if seen is None:
+                continue
+            if seen.state.ended:
+                self._end(trial, seen.state, seen.reason)
+            else:
+                self._update(trial, seen)
+        self._apply_stopping_rule()
+        self._check_goal()
+
+    def _observe(self, trials) -> dict:
+        try:
+            observed = self._retry_backend("watch the trials",
+                                           lambda: self.backend.observe(trials),
+                                           patience=min(30.0, self.tracking.outage_seconds))
+            self._unreachable.pop("cluster", None)
+            return observed
+        except Unavailable as error:
+            self._note_unreachable("cluster", error)
+            return {}
+
+    def _read_metrics(self, trials) -> None:
+        metric = self.spec.objective.metric
+        try:
+            snapshots = self.tracking.snapshots(self.experiment_id, [t.run_id for t in trials])
+            advanced = []
+            for trial in trials:
+                snap = snapshots.get(trial.run_id)
+                if snap is not None:
+                    trial.metrics = snap.metrics
+                    if snap.steps.get(metric, -1) + 1 > len(trial.history):
+                        advanced.append(trial)
+            histories = self.tracking.histories([t.run_id for t in advanced], metric)
+            for trial in advanced:
+                trial.history = histories.get(trial.run_id, trial.history)
+            self._unreachable.pop("tracking server", None)
+        except Unavailable as error:
+            self._note_unreachable("tracking server", error)
+
+    def _note_unreachable(self, what: str, error: Unavailable) -> None:
+        """Keep going through a short outage; give up after `outage_seconds` of it."""
+        since = self._unreachable.setdefault(what, time.monotonic())
+        if time.monotonic() - since > self.tracking.outage_seconds:
+            raise Unavailable(f"{what} unreachable since {time.monotonic() - since:.0f}s "
+                              f"ago: {error}")
+        self.console.print(f"[yellow]{what} unreachable ({error}); retrying[/]",
+                           highlight=False)
+
+    def _update(self, trial: Trial, seen) -> None:
+        changed = seen.state != trial.state or seen.reason != trial.reason
+        trial.state, trial.reason = seen.state, seen.reason
+        if changed:
+            self.progress.event(trial, str(seen.state) + (f" ({seen.reason})" if seen.reason
+                                                          else ""))
+        elapsed = trial.elapsed() or 0
+        if trial.state == S.SCHEDULED and elapsed > self.pending_timeout:
+            self._cancel(trial, S.FAILED, f"pending for {elapsed:.0f}s (--pending-timeout)"
+                         + (f": {trial.reason}" if trial.reason else ""))
+
+    # -- submission ------------------------------------------------------------------------------
+    def _submit_while_room(self) -> None:
+        while not self._submissions_closed():
+            room = self.spec.max_parallel - sum(t.state.in_flight for t in self.trials)
+            if room <= 0:
+                return
+            trial = self._next_trial()
+            if trial is None:
+                return
+            if trial.state == S.PENDING:
+                self._submit(trial)
+
+    def _next_trial(self) -> Trial | None:
+        """A trial to run again (failed or interrupted before), else the search's next one."""
+        pending = [t for t in self.trials if t.state == S.PENDING]
+        if pending:
+            return pending[0]
+        suggestions = self.search.get_suggestions(self.trials + self.warm, 1)
+        if not suggestions:
+            return None
+        trial = Trial(max((t.index for t in self.trials), default=0) + 1, suggestions[0],
+                      sweep_id=self.sweep_id)
+        self.trials.append(trial)
+        earlier = None if self.rerun else self._finished_earlier(trial.params)
+        if earlier is not None:
+            trial.state, trial.run_id = S.SKIPPED, earlier.info.run_id
+            trial.metrics = dict(earlier.data.metrics)
+            trial.sweep_run_id = earlier.data.tags.get(SWEEP_RUN_TAG)
+            trial.reason = f"finished earlier (run {earlier.info.run_id[:8]})"
+            self.progress.event(trial, "SKIPPED: " + trial.reason)
+        return trial
+
+    def _submit(self, trial: Trial) -> None:
+        trial.started, trial.ended = time.monotonic(), None
+        trial.sweep_run_id, trial.history = self.parent_id, []
+        try:
+            trial.run_id = self.tracking.create_run(
+                self.experiment_id, trial.name, trial.params, self._trial_tags(trial))
+            self.tracking.log_tags(trial.run_id, self.backend.run_tags(trial))
+            trial.handle = self._retry_backend(
+                f"launch {trial.name}", lambda: self.backend.launch(
+                    trial, self.experiment_id, self.tracking_uri), patience=LAUNCH_PATIENCE_S)
+            self.tracking.log_tags(trial.run_id, self.backend.launched_tags(trial.handle)
+                                   if hasattr(self.backend, "launched_tags") else {})
+        except (Unavailable, LaunchError) as error:
+            self._end(trial, S.FAILED, f"submission failed: {error}")
+            return
+        trial.state, trial.reason = S.SCHEDULED, ""
+        self._stat(submit_s=round(time.monotonic() - trial.started, 3))
+        self.progress.event(trial, f"submitted ({trial.handle.describe()})")
+
+    def _trial_tags(self, trial: Trial) -> dict[str, str]:
+        return {"mlflow.parentRunId": self.parent_id, SWEEP_ID_TAG: self.sweep_id,
+                SWEEP_RUN_TAG: self.parent_id, TRIAL_INDEX_TAG: str(trial.index),
+                CODE_VERSION_TAG: self.code_version,
+                PARAMS_TAG: report.params_label(trial.params, self.spec.varying()),
+                "mlflow.source.type": "PROJECT", "mlflow.source.name": "celeb-smile",
+                "mlflow.project.entryPoint": "main",
+                "mlflow.project.backend": self.backend.name}
+
+    def _submissions_closed(self) -> bool:
+        if self.interrupted.is_set() or self.ended_because:
+            return True
+        limit = self.spec.max_failures
+        if limit is not None and self.failures() > limit:
+            self.ended_because = f"more than {limit} trials failed (max_failures)"
+        elif (reason := self._budget_spent()):
+            self.ended_because = reason
+        if self.ended_because:
+            self.console.print(f"no more trials: {self.ended_because}", highlight=False)
+        return bool(self.ended_because)
+
+    def _budget_spent(self) -> str:
+        budget = getattr(self.spec, "budget", None)
+        if budget is None:
+            return ""
+        epochs = sum(t.epochs_done for t in self.trials if t.state != S.SKIPPED)
+        if budget.trial_epochs is not None and epochs >= budget.trial_epochs:
+            return f"budget of {budget.trial_epochs} trial-epochs spent ({epochs})"
+        seconds = self.wall_seconds()
+        if budget.wall_seconds is not None and seconds >= budget.wall_seconds:
+            return f"budget of {budget.wall_seconds:.0f}s wall-clock spent"
+        return ""
+
+    def wall_seconds(self) -> float:
+        return self.seconds_before + time.monotonic() - self.started
+
+    # -- early stopping and the goal ---------------------------------------------------------------
+    def _apply_stopping_rule(self) -> None:
+        if self.rule is None or not any(t.state == S.RUNNING for t in self.trials):
+            return
+        by_index = {t.index: t for t in self.trials if t.state == S.RUNNING}
+        for decision in self.rule.decide(self.trials):
+            trial = by_index.get(decision.trial_index)
+            if trial is not None and trial.state == S.RUNNING:
+                self._cancel(trial, S.STOPPED, decision.explanation,
+                             {STOPPED_TAG: decision.explanation})
+
+    def _check_goal(self) -> None:
+        goal = getattr(self.spec, "goal", None)
+        if goal is None or self.ended_because:
+            return
+        objective = self.spec.objective
+        for trial in self.trials:
+            value = trial.objective(objective.metric)
+            if trial.state == S.FINISHED and value is not None and \
+                    (value == goal or objective.better(value, goal)):
+                self.ended_because = f"goal {objective.metric}={goal} reached by {trial.name}"
+                self.console.print(self.ended_because, highlight=False)
+                self._cancel_in_flight(f"sweep goal reached by {trial.name}", S.STOPPED)
+                return
+
+    # -- ending trials -------------------------------------------------------------------------------
+    def _cancel(self, trial: Trial, state: TrialState, reason: str, tags=None) -> None:
+        self.progress.event(trial, "stopping")
+        try:
+            self._retry_backend(f"cancel {trial.name}", lambda: self.backend.cancel(trial.handle),
+                                patience=60)
+        except Unavailable as error:
+            reason += f" (cancel failed: {error})"
+        self._end(trial, state, reason, tags=tags)
+
+    def _cancel_in_flight(self, reason: str, state: TrialState) -> None:
+        for trial in [t for t in self.trials if t.state.in_flight and t.handle is not None]:
+            self._cancel(trial, state, reason)
+
+    def _end(self, trial: Trial, state: TrialState, reason: str = "", tags=None) -> None:
+        """Record how a trial ended on its run (reason, full log, status), then let go of it."""
+        trial.ended = time.monotonic()
+        trial.state, trial.reason = state, reason
+        if trial.run_id:
+            self._unrecorded.add(trial.index)
+            self._record_end(trial, tags or {})  # Unavailable: the sweep gives up
+            self._unrecorded.discard(trial.index)
+        self.progress.event(trial, str(trial.state) + (f": {trial.reason}" if trial.reason
+                                                       else ""))
+        report.update_note(self, self.parent_id)
+
+    def _record_end(self, trial: Trial, tags: dict) -> None:
+        run = self.tracking.get_run(trial.run_id)
+        trial.metrics = dict(run.data.metrics)
+        if trial.state == S.FINISHED and run.info.status == "FAILED":  # exited 0, run failed
+            trial.state, trial.reason = S.FAILED, run.data.tags.get(ERROR_TAG, "run FAILED")
+        elif trial.state == S.FINISHED and run.info.status != "FINISHED" and trial.reason:
+            trial.state = S.FAILED  # gone while no driver watched, and it never ended its run
+        elif trial.state == S.FINISHED:
+            trial.reason = ""
+        message = run.data.tags.get(ERROR_TAG)
+        if trial.state == S.FAILED and message and message not in trial.reason:
+            trial.reason += f" ({message})"
+        self._save_log(trial)
+        if trial.state != S.FINISHED:
+            self.tracking.log_tags(trial.run_id, {REASON_TAG: trial.reason, **tags})
+        if trial.handle is not None:
+            self._retry_backend("clean up", lambda: self.backend.release(trial.handle),
+                                patience=30)
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            self.tracking.end_run(trial.run_id, trial.state.mlflow_status)
+        history = self.tracking.histories([trial.run_id], self.spec.objective.metric)
+        trial.history = history.get(trial.run_id, trial.history)
+        trial.handle = None
+
+    def _save_log(self, trial: Trial) -> None:
+        if trial.handle is None:
+            return
+        try:
+            text = self._retry_backend("read the log", lambda: self.backend.logs(trial.handle),
+                                       patience=30)
+        except Unavailable as error:
+            text = f"(log unavailable: {error})"
+        if text:
+            self.tracking.log_text(trial.run_id, text, "logs/trial.log")
+
+    # == interruption ==============================================================================
+    def _on_signal(self, signum, frame) -> None:
+        if self.interrupted.is_set():
+            self.hard_stop.set()
+            raise HardStop()
+        self.console.print(f"[yellow]{signal.Signals(signum).name}: no more submissions; "
+                           "cancelling the trials in flight (again to quit at once)...[/]")
+        self.interrupted.set()
+        self.tracking.stop = self.hard_stop  # writes still go through while cancelling
+
+    def _hard_exit(self) -> int:
+        handles = [t.handle for t in self.trials if t.state.in_flight and t.handle is not None]
+        try:
+            self.backend.cancel_all(handles)
+            print(f"quit at once: {len(handles)} trials' Jobs/processes deleted; their runs "
+                  "stay RUNNING until the same command runs again", file=sys.stderr)
+        except Exception as error:  # noqa: BLE001 - leaving anyway
+            print(f"quit at once; could not delete every Job: {error}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+    # == bookkeeping ================================================================================
+    def _retry_backend(self, what: str, call, patience: float):
+        return retrying(call, what=what, patience_s=patience, stop=self.hard_stop,
+                        transient=_backend_transient, on_retry=self._retrying)
+
+    def _retrying(self, what: str, error: BaseException, delay: float) -> None:
+        self.console.print(f"[yellow]{what} failed ({type(error).__name__}); "
+                           f"retrying in {delay:.0f}s[/]", highlight=False)
+
+    def _keep_lease(self) -> None:
+        if time.monotonic() - self._lease_renewed < LEASE_RENEW_SECONDS:
+            return
+        try:
+            self.tracking.renew_lease(self.parent_id)
+            self._record_wall_time()
+            self._lease_renewed = time.monotonic()
+        except Unavailable:
+            pass
+
+    def _record_wall_time(self) -> None:
+        self.tracking.patient("record the sweep's time", lambda: self.client.log_metric(
+            self.parent_id, "sweep_seconds", self.wall_seconds()))
+
+    def _stat(self, **figures) -> None:
+        if self.stats_path:
+            with open(self.stats_path, "a") as stats:
+                stats.write(json.dumps(figures) + "\n")
+
+    def failures(self) -> int:
+        return sum(t.state == S.FAILED for t in self.trials)
+
+    def _final_status(self) -> str:
+        if self.lost:
+            return "FAILED"
+        if self.interrupted.is_set():
+            return "KILLED"
+        return "FAILED" if self.failures() else "FINISHED"
+
+
+def _params_key(params: dict[str, str]):
+    try:
+        return frozenset(config_from_params(params, check_paths=False).as_params().items())
+    except ValueError:
+        return None
+
+
+def _backend_transient(error: BaseException) -> bool:
+    if isinstance(error, LaunchError):
+        return False
+    status = getattr(error, "status", None)  # kubernetes ApiException
+    if status is not None:
+        return status in (0, 429) or status >= 500
+    return True
+
+
+class _signals_routed:
+    """Route SIGINT and SIGTERM to `handler` inside the block."""
+
+    def __init__(self, handler):
+        self.handler = handler
+
+    def __enter__(self):
+        self.saved = {s: signal.signal(s, self.handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def __exit__(self, *exc):
+        for sig, previous in self.saved.items():
+            signal.signal(sig, previous)

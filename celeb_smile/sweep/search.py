@@ -1,0 +1,228 @@
+"""Search strategies behind one ask/tell interface (Katib's suggestion services).
+
+The scheduler hands a search every trial it knows, in any state (this run's, resumed ones and
+warm-start ones), and asks for up to n new parameter sets. Grid and random walk the spec's list
+of combinations; tpe is Optuna's multivariate TPE with the constant-liar strategy, on an
+in-memory study rebuilt from those trials at every call: MLflow stays the only record, and the
+same trials in give the same suggestions out, in this process or in a resumed one.
+"""
+
+import math
+from typing import Protocol
+
+from celeb_smile.config import format_value
+from celeb_smile.constants import TrialState
+from celeb_smile.sweep.spec import SweepSpec, normal, normalised, resolved
+from celeb_smile.sweep.trial import Trial
+
+MAX_ATTEMPTS = 100  # asks for one new combination before a discrete space counts as exhausted
+
+
+class Search(Protocol):
+    name: str  # "grid" | "random" | "tpe"
+
+    def get_suggestions(self, trials: list[Trial], n: int) -> list[dict[str, str]]:
+        """Learn from `trials`, then up to n new full parameter sets (fewer when done)."""
+
+    def planned(self) -> int | None:
+        """How many trials the sweep runs (warm-start trials not counted)."""
+
+
+def make_search(spec: SweepSpec) -> Search:
+    strategy = spec.strategy()
+    if strategy == "tpe":
+        return TPESearch(spec)
+    if strategy in ("grid", "random"):
+        return ListSearch(spec, strategy)
+    raise ValueError(f"search must be one of grid, random, tpe, got {strategy!r}")
+
+
+def combination(params: dict[str, str]) -> frozenset:
+    """What makes two parameter sets the same run: their values as train.py resolves them."""
+    try:
+        return frozenset(resolved(params).items())
+    except ValueError:  # not a valid configuration: compare it as spelt
+        return frozenset(normalised(params).items())
+
+
+class ListSearch:
+    """Grid and random: the spec's combinations in order, skipping those already present."""
+
+    def __init__(self, spec: SweepSpec, name: str):
+        self.name = name
+        self._combinations = spec.trials()
+        self._keys = [combination(c) for c in self._combinations]
+
+    def planned(self) -> int:
+        return len(self._combinations)
+
+    def get_suggestions(self, trials: list[Trial], n: int) -> list[dict[str, str]]:
+        # Warm start seeds only a search that learns; a grid runs its own combinations.
+        present = {combination(trial.params) for trial in trials if not trial.warm_start}
+        fresh = [dict(c) for c, key in zip(self._combinations, self._keys) if key not in present]
+        return fresh[:max(n, 0)]
+
+
+class TPESearch:
+    name = "tpe"
+
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+        self.fixed = normalised(spec.params)
+        self.distributions = _distributions(spec)
+        # What a trial must share with this sweep for its result to mean something here.
+        self._baseline = {name: value for name, value in resolved(self.fixed).items()
+                          if name not in self.distributions}
+
+    def planned(self) -> int:
+        return self.spec.max_trials
+
+    def startup_trials(self) -> int:
+        """Random trials before TPE models the results: Optuna's 10, but at most a quarter of
+        the sweep (at least 2), so a sweep of a dozen trials is not random search."""
+        return min(10, max(2, self.spec.max_trials // 4))
+
+    def get_suggestions(self, trials: list[Trial], n: int) -> list[dict[str, str]]:
+        import optuna
+
+        own = sum(1 for trial in trials if not trial.warm_start)
+        wanted = min(n, self.spec.max_trials - own)
+        study = self._study(trials)
+        seen = {self._key(values) for values in map(self._space_values, trials)
+                if values is not None}
+        suggestions = []
+        while len(suggestions) < wanted and len(seen) < _size(self.distributions):
+            for _ in range(MAX_ATTEMPTS):
+                asked = study.ask(self.distributions)
+                values = {name: self._spell(name, value) for name, value in asked.params.items()}
+                if self._key(values) not in seen:
+                    break
+                study.tell(asked, state=optuna.trial.TrialState.FAIL)  # a repeat: ask again
+            else:
+                break
+            seen.add(self._key(values))
+            suggestions.append({**self.fixed, **values})  # stays RUNNING: the liar sees it
+        return suggestions
+
+    def _study(self, trials: list[Trial]):
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        ordered = sorted(trials, key=lambda t: (not t.warm_start, t.index))
+        told = [frozen for frozen in map(self._frozen, ordered) if frozen is not None]
+        # Seeded by how much it knows, so a rebuilt study continues instead of repeating.
+        sampler = optuna.samplers.TPESampler(
+            multivariate=True, constant_liar=True, n_startup_trials=self.startup_trials(),
+            seed=(self.spec.seed * 1_000_003 + len(told)) % 2**32)
+        study = optuna.create_study(direction=self.spec.objective.direction, sampler=sampler)
+        study.add_trials(told)
+        return study
+
+    def _resolved(self, trial: Trial) -> dict[str, str] | None:
+        """The trial's parameters if it ran this sweep's problem (same fixed values), else None."""
+        try:
+            params = resolved(trial.params)
+        except ValueError:
+            return None
+        same = all(params.get(name) == value for name, value in self._baseline.items())
+        return params if same else None
+
+    def _space_values(self, trial: Trial) -> dict | None:
+        """The trial's searched values as Optuna holds them; None if it ran another problem
+        (other fixed values) or lies outside the space."""
+        params = self._resolved(trial)
+        if params is None:
+            return None
+        values = {name: _optuna_value(dist, params[name])
+                  for name, dist in self.distributions.items()}
+        return None if any(value is None for value in values.values()) else values
+
+    def _frozen(self, trial: Trial):
+        """`trial` as an Optuna trial: FINISHED -> COMPLETE, STOPPED -> PRUNED (with its
+        epochs so far), FAILED/KILLED -> FAIL, in flight -> RUNNING; None if outside."""
+        import optuna
+
+        states = optuna.trial.TrialState
+        values = self._space_values(trial)
+        if values is None:
+            return None
+        value, intermediate = None, {}
+        if trial.state in (TrialState.FINISHED, TrialState.SKIPPED):
+            value = _final_value(trial, self.spec.objective.metric)
+            state = states.COMPLETE if value is not None else states.FAIL
+        elif trial.state == TrialState.STOPPED:
+            state = states.PRUNED
+            intermediate = dict(enumerate(trial.history))
+        elif trial.state.ended:  # FAILED, KILLED
+            state = states.FAIL
+        else:  # PENDING, SCHEDULED, RUNNING: the constant liar keeps new asks away from them
+            state = states.RUNNING
+        return optuna.trial.create_trial(
+            state=state, value=value, params=values, distributions=self.distributions,
+            intermediate_values=intermediate)
+
+    def _spell(self, name: str, value) -> str:
+        dist = self.distributions[name]
+        if isinstance(value, float):  # the same precision as random search's draws
+            value = float(f"{value:.3g}") if dist.log else round(value, 6)
+            value = min(max(value, dist.low), dist.high)
+        return normal(name, format_value(value))
+
+    def _key(self, params: dict) -> tuple:
+        return tuple(self._spell(name, params[name]) for name in sorted(self.distributions))
+
+
+def _distributions(spec: SweepSpec) -> dict:
+    """Optuna distributions of the searched parameters: grid values are choices."""
+    from optuna.distributions import (CategoricalDistribution, FloatDistribution,
+                                      IntDistribution)
+
+    def choices(name, values):
+        return CategoricalDistribution(list(dict.fromkeys(normal(name, v) for v in values)))
+
+    distributions = {name: choices(name, values) for name, values in spec.grid.items()}
+    for name, distribution in spec.random_space.items():
+        (kind, args), = distribution.items()
+        if kind == "choice":
+            distributions[name] = choices(name, args)
+        elif kind == "randint":
+            distributions[name] = IntDistribution(int(args[0]), int(args[1]))
+        else:
+            distributions[name] = FloatDistribution(float(args[0]), float(args[1]),
+                                                    log=kind == "loguniform")
+    return distributions
+
+
+def _optuna_value(distribution, text: str):
+    """A logged value as `distribution` holds it; None when it lies outside."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return text if text in distribution.choices else None
+    try:
+        value = int(text) if isinstance(distribution, IntDistribution) else float(text)
+    except ValueError:
+        return None
+    return value if distribution.low <= value <= distribution.high else None
+
+
+def _size(distributions: dict) -> float:
+    """How many distinct combinations the space holds (inf when any dimension is continuous)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    size = 1
+    for dist in distributions.values():
+        if isinstance(dist, CategoricalDistribution):
+            size *= len(dist.choices)
+        elif isinstance(dist, IntDistribution):
+            size *= dist.high - dist.low + 1
+        else:
+            return math.inf
+    return size
+
+
+def _final_value(trial: Trial, metric: str) -> float | None:
+    """The objective a finished trial ended with; None (a failure to Optuna) when NaN."""
+    if metric not in trial.metrics and trial.history:
+        return None if math.isnan(trial.history[-1]) else trial.history[-1]
+    return trial.objective(metric)

@@ -1,0 +1,107 @@
+"""An in-process backend for fast scheduler tests: each trial "trains" one epoch per poll,
+logging to its real MLflow run (a sqlite store), so the scheduler meets a real tracking store
+and only the cluster is simulated. Parameters script the behaviour:
+  learning_rate -> the val_accuracy it reaches; convolutions=9 -> the trial fails (exit 1)."""
+
+from dataclasses import dataclass, field
+
+from mlflow import MlflowClient
+
+from celeb_smile.constants import TrialState
+from celeb_smile.sweep.backends import LaunchError, Observation
+
+ADOPT_TAG = "fake.handle"
+FAILING_CONVOLUTIONS = "9"
+
+
+@dataclass
+class FakeHandle:
+    run_id: str
+    params: dict
+    polls: int = 0
+    deleted: bool = False
+    cancelled: bool = False
+
+    def describe(self) -> str:
+        return f"fake {self.run_id[:8]}"
+
+    @property
+    def epochs(self) -> int:
+        return int(self.params.get("epochs", 2))
+
+
+@dataclass
+class FakeBackend:
+    name: str = "fake"
+    remote: bool = False
+    blips: int = 0  # launches that fail with a transient error first
+    reject: bool = False  # every launch fails for good
+    on_poll: object = None  # called with the backend before each observation
+    launched: list = field(default_factory=list)
+    polls: int = 0
+    max_in_flight: int = 0
+    calls: int = 0
+
+    def prepare(self, console) -> None:
+        self.client = MlflowClient()
+
+    def run_tags(self, trial) -> dict:
+        return {}
+
+    def launch(self, trial, experiment_id, tracking_uri) -> FakeHandle:
+        if self.reject:
+            raise LaunchError("Job rejected (422 Unprocessable Entity): bad spec")
+        if self.blips:
+            self.blips -= 1
+            raise ConnectionError("API server blip")
+        handle = FakeHandle(trial.run_id, dict(trial.params))
+        self.launched.append(handle)
+        return handle
+
+    def launched_tags(self, handle) -> dict:
+        return {ADOPT_TAG: "yes"}
+
+    def adopt(self, trial, run):
+        return FakeHandle(trial.run_id, dict(run.data.params)) \
+            if run.data.tags.get(ADOPT_TAG) else None
+
+    def observe(self, trials) -> dict:
+        self.polls += 1
+        self.calls += 1
+        self.max_in_flight = max(self.max_in_flight, len(trials))
+        if self.on_poll is not None:
+            self.on_poll(self)
+        return {t.index: self._step(t.handle) for t in trials}
+
+    def _step(self, handle: FakeHandle) -> Observation:
+        if handle.deleted:
+            return Observation(TrialState.FAILED, "Job deleted")
+        if handle.params.get("convolutions") == FAILING_CONVOLUTIONS:
+            self.client.set_terminated(handle.run_id, "FAILED")
+            return Observation(TrialState.FAILED, "exit code 1", exit_code=1)
+        if handle.polls < handle.epochs:
+            value = accuracy(handle.params, handle.polls + 1)
+            self.client.log_metric(handle.run_id, "val_accuracy", value, step=handle.polls)
+            handle.polls += 1
+            return Observation(TrialState.RUNNING)
+        self.client.set_terminated(handle.run_id, "FINISHED")
+        return Observation(TrialState.FINISHED, exit_code=0)
+
+    def cancel(self, handle) -> None:
+        handle.cancelled = True
+
+    def cancel_all(self, handles) -> None:
+        for handle in handles:
+            self.cancel(handle)
+
+    def release(self, handle) -> None:
+        pass
+
+    def logs(self, handle) -> str:
+        return f"trained {handle.polls} epochs\n"
+
+
+def accuracy(params: dict, epoch: int) -> float:
+    """Rises with the epoch towards a ceiling set by the learning rate (higher is better)."""
+    ceiling = min(0.99, 0.5 + float(params.get("learning_rate", 0.001)) * 10)
+    return round(ceiling * epoch / (epoch + 1), 4)

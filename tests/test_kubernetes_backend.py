@@ -1,0 +1,56 @@
+"""The Job a trial becomes (no cluster needed): labels that list a sweep in one call, the
+entry point as an argv, the run's coordinates, the data volume only for CelebA trials."""
+
+import yaml
+
+from celeb_smile.constants import RUN_LABEL, SWEEP_LABEL, TRAINER_HTTP_ENV
+from celeb_smile.sweep.backends.kubernetes import KubernetesBackend, job_name
+from celeb_smile.sweep.trial import Trial
+from tests.conftest import PROJECT_DIR
+
+CONFIG = PROJECT_DIR / "kubernetes_config.json"
+
+
+def manifest(params) -> dict:
+    backend = KubernetesBackend(CONFIG, "http://mlflow.ns.svc.cluster.local:5000", "abc123")
+    backend.image_ref = "localhost:5001/celeb-smile-train:0.1.0@sha256:" + "0" * 64
+    trial = Trial(3, params, sweep_id="abc123", run_id="f" * 32)
+    return backend.job_manifest(trial, experiment_id="7")
+
+
+def container_env(job) -> dict:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_a_trial_job_is_named_labelled_and_pointed_at_its_run():
+    job = manifest({"epochs": "2", "learning_rate": "0.001"})
+    assert job["metadata"]["name"] == job_name("abc123", Trial(3, {}, run_id="f" * 32))
+    assert len(job["metadata"]["name"]) <= 63
+    for labels in (job["metadata"]["labels"], job["spec"]["template"]["metadata"]["labels"]):
+        assert labels[SWEEP_LABEL] == "abc123" and labels[RUN_LABEL] == "f" * 32
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].endswith("@sha256:" + "0" * 64)
+    assert container["command"][:2] == ["python", "train.py"]
+    assert container["command"][container["command"].index("--learning_rate") + 1] == "0.001"
+    env = container_env(job)
+    assert env["MLFLOW_RUN_ID"] == "f" * 32 and env["MLFLOW_EXPERIMENT_ID"] == "7"
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.ns.svc.cluster.local:5000"
+
+
+def test_only_celeb_a_trials_mount_the_data_volume():
+    def volumes(job):
+        return [v["name"] for v in job["spec"]["template"]["spec"].get("volumes", [])]
+
+    synthetic, celeb_a = manifest({"dataset": "synthetic"}), manifest({"dataset": "celeb_a"})
+    assert "tfds-data" not in volumes(synthetic)
+    assert "tfds-data" in volumes(celeb_a)
+    mounts = celeb_a["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert any(m["name"] == "tfds-data" for m in mounts)
+
+
+def test_pods_retry_the_tracking_server_like_local_trials():
+    template = yaml.safe_load((PROJECT_DIR / "job_template.yaml").read_text())
+    env = {e["name"]: e.get("value")
+           for e in template["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert {k: env.get(k) for k in TRAINER_HTTP_ENV} == TRAINER_HTTP_ENV

@@ -1,0 +1,230 @@
+"""The scheduler's core loop against an in-process backend and a real sqlite tracking store:
+max-parallel, the failures budget, retried and failed submissions, a deleted Job, adoption of a
+dead driver's trials, cancellation, the lease."""
+
+import io
+import shutil
+import time
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from rich.console import Console
+
+from celeb_smile.constants import (CODE_VERSION_TAG, EXIT_BAD_INPUT, EXIT_INTERRUPTED,
+                                   EXIT_OK, EXIT_TRIAL_FAILED, LEASE_TAG, PARAMS_TAG,
+                                   REASON_TAG, SWEEP_ID_TAG, TRIAL_INDEX_TAG)
+from celeb_smile.constants import TrialState
+from celeb_smile.sweep.scheduler import Sweep
+from celeb_smile.sweep.spec import SweepSpec
+from tests.helpers.fake_backend import ADOPT_TAG, FakeBackend
+
+
+@pytest.fixture(scope="module")
+def empty_store(tmp_path_factory):
+    """A migrated, empty sqlite store (creating one takes seconds: copy it per test)."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def store(empty_store, tmp_path, monkeypatch):
+    shutil.copy(empty_store, tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # plots and logs of the report land here
+    mlflow.set_tracking_uri(uri)
+    yield MlflowClient(uri)
+    mlflow.end_run()
+
+
+def make_sweep(backend, grid, **settings) -> Sweep:
+    spec = SweepSpec(experiment="unit", params={"epochs": "3"}, grid=grid,
+                     max_parallel=settings.pop("max_parallel", 2),
+                     max_failures=settings.pop("max_failures", None))
+    console = Console(file=io.StringIO(), width=200)
+    return Sweep(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
+                 poll_seconds=0, **settings)
+
+
+def trial_runs(client) -> list:
+    experiment = client.get_experiment_by_name("unit")
+    runs = client.search_runs([experiment.experiment_id])
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
+def test_every_trial_runs_once_with_at_most_max_parallel_in_flight(store):
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03", "0.04", "0.05"]})
+    assert sweep.run() == EXIT_OK
+    assert backend.max_in_flight == 2
+    runs = trial_runs(store)
+    assert sorted(r.info.status for r in runs) == ["FINISHED"] * 5
+    names = {r.info.run_name for r in runs}
+    assert names == {f"{sweep.sweep_id}/trial-0{i}" for i in range(1, 6)}
+    for run in runs:
+        assert run.data.tags[SWEEP_ID_TAG] == sweep.sweep_id
+        assert run.data.tags[CODE_VERSION_TAG] == sweep.code_version
+        assert run.data.tags[PARAMS_TAG].startswith("learning_rate=0.0")
+        history = store.get_metric_history(run.info.run_id, "val_accuracy")
+        assert [m.step for m in history] == [0, 1, 2]  # one point per epoch, no duplicates
+        assert store.list_artifacts(run.info.run_id, "logs")[0].path == "logs/trial.log"
+
+
+def test_no_submission_after_the_failures_budget_is_spent(store):
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"convolutions": ["9", "1", "2", "3"]}, max_parallel=1,
+                       max_failures=0)
+    assert sweep.run() == EXIT_TRIAL_FAILED
+    assert len(backend.launched) == 1
+    (failed,) = trial_runs(store)
+    assert failed.info.status == "FAILED"
+    assert "exit code 1" in failed.data.tags[REASON_TAG]
+    assert "max_failures" in sweep.ended_because
+
+
+def test_a_transient_launch_failure_is_retried_without_a_second_run(store):
+    backend = FakeBackend(blips=1)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01"]})
+    assert sweep.run() == EXIT_OK
+    assert len(backend.launched) == 1
+    assert [r.info.status for r in trial_runs(store)] == ["FINISHED"]
+
+
+def test_a_launch_that_fails_for_good_ends_its_run_failed_with_the_reason(store):
+    sweep = make_sweep(FakeBackend(reject=True), {"learning_rate": ["0.01", "0.02"]})
+    assert sweep.run() == EXIT_TRIAL_FAILED
+    runs = trial_runs(store)
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
+    assert all("submission failed: Job rejected" in r.data.tags[REASON_TAG] for r in runs)
+
+
+def test_a_deleted_job_fails_its_trial_within_one_poll(store):
+    def delete_first_job(backend):
+        if backend.polls == 2:
+            backend.launched[0].deleted = True
+
+    backend = FakeBackend(on_poll=delete_first_job)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]})
+    assert sweep.run() == EXIT_TRIAL_FAILED
+    deleted = next(t for t in sweep.trials if t.run_id == backend.launched[0].run_id)
+    assert deleted.reason.startswith("Job deleted")
+    assert store.get_run(deleted.run_id).info.status == "FAILED"
+    assert store.get_run(deleted.run_id).data.tags[REASON_TAG].startswith("Job deleted")
+
+
+def test_interrupting_cancels_the_trials_in_flight_and_kills_their_runs(store):
+    def interrupt(backend):
+        if backend.polls == 2:
+            sweep.interrupted.set()
+
+    backend = FakeBackend(on_poll=interrupt)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
+    assert sweep.run() == EXIT_INTERRUPTED
+    assert all(h.cancelled for h in backend.launched)
+    assert sorted(r.info.status for r in trial_runs(store)) == ["KILLED", "KILLED"]
+
+
+def test_a_restarted_driver_adopts_trials_in_flight_instead_of_resubmitting(store):
+    first = FakeBackend(on_poll=lambda b: b.polls == 1 and (_ for _ in ()).throw(SystemExit))
+    sweep = make_sweep(first, {"learning_rate": ["0.01", "0.02", "0.03"]})
+    with pytest.raises(SystemExit):  # the driver dies abruptly mid-sweep
+        sweep.run()
+    mlflow.end_run()
+    _expire_lease(store, sweep)
+    assert len(first.launched) == 2
+    second = FakeBackend()
+    again = make_sweep(second, {"learning_rate": ["0.01", "0.02", "0.03"]})
+    assert again.run() == EXIT_OK
+    assert len(second.launched) == 1  # only the trial never submitted
+    assert second.max_in_flight <= 2
+    runs = trial_runs(store)
+    assert sorted(r.data.tags[TRIAL_INDEX_TAG] for r in runs) == ["1", "2", "3"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_a_second_driver_on_a_running_sweep_refuses_and_creates_nothing(store):
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01"]})
+    assert sweep.run() == EXIT_OK
+    parent = next(r for r in store.search_runs(
+        [store.get_experiment_by_name("unit").experiment_id])
+        if "mlflow.parentRunId" not in r.data.tags)
+    store.set_tag(parent.info.run_id, LEASE_TAG, f"elsewhere:1:abc {time.time() + 60:.0f}")
+    backend = FakeBackend()
+    again = make_sweep(backend, {"learning_rate": ["0.01"]}, rerun=True)
+    assert again.run() == EXIT_BAD_INPUT
+    assert backend.launched == [] and len(trial_runs(store)) == 1
+
+
+def _expire_lease(client, sweep) -> None:
+    client.set_tag(sweep.parent_id, LEASE_TAG, "dead-host:1:x 0")
+
+
+def test_adopted_trials_carry_the_tag_that_finds_them(store):
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"learning_rate": ["0.01"]})
+    sweep.run()
+    (run,) = trial_runs(store)
+    assert run.data.tags[ADOPT_TAG] == "yes"
+
+
+def test_an_outage_longer_than_the_limit_fails_the_trials_and_cancels_them(store):
+    def cluster_gone(backend):
+        if backend.polls > 2:
+            raise ConnectionError("connection refused")
+
+    backend = FakeBackend(on_poll=cluster_gone)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]}, outage_seconds=1)
+    assert sweep.run() == EXIT_TRIAL_FAILED
+    assert all(h.cancelled for h in backend.launched)
+    runs = trial_runs(store)
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
+    assert all("outage" in r.data.tags[REASON_TAG] for r in runs)
+
+
+def test_a_warm_started_search_is_told_the_finished_trials_of_earlier_sweeps(store):
+    def tpe_sweep(seed, max_trials, **settings):
+        spec = SweepSpec(experiment="unit", params={"epochs": "3"}, search="tpe", seed=seed,
+                         random_space={"learning_rate": {"loguniform": [0.001, 0.05]}},
+                         max_trials=max_trials)
+        return Sweep(spec, FakeBackend(), Console(file=io.StringIO()), poll_seconds=0,
+                     tracking_uri=mlflow.get_tracking_uri(), **settings)
+
+    first = tpe_sweep(seed=1, max_trials=3)
+    assert first.run() == EXIT_OK
+    mlflow.end_run()
+    second = tpe_sweep(seed=2, max_trials=2, warm_start=True)
+    assert second.run() == EXIT_OK
+    assert sorted(t.run_id for t in second.warm) == sorted(t.run_id for t in first.trials)
+    assert all(t.state == TrialState.FINISHED and t.warm_start for t in second.warm)
+    assert len(second.trials) == 2  # warm-start trials do not count toward max_trials
+
+
+def test_goal_reached_ends_the_sweep_and_stops_the_trials_in_flight(store):
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.05", "0.001", "0.002", "0.003"]},
+                       max_parallel=1)
+    sweep.spec.goal = 0.7
+    assert sweep.run() == EXIT_OK
+    assert "goal" in sweep.ended_because
+    assert [t.state for t in sweep.trials] == [TrialState.FINISHED]
+
+
+def test_the_trial_epochs_budget_closes_submissions_and_running_trials_finish(store):
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.02", "0.03", "0.04"]})
+    sweep.spec.budget.trial_epochs = 3
+    assert sweep.run() == EXIT_OK
+    assert "budget" in sweep.ended_because
+    assert len(sweep.trials) == 2  # both first trials finish their 3 epochs; no third
+    assert all(t.state == TrialState.FINISHED for t in sweep.trials)
+
+
+def test_trial_names_identify_their_sweep(store):
+    first = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.02"]})
+    second = make_sweep(FakeBackend(), {"learning_rate": ["0.03", "0.04"]})
+    assert first.run() == EXIT_OK
+    mlflow.end_run()
+    assert second.run() == EXIT_OK
+    names = [r.info.run_name for r in trial_runs(store)]
+    assert len(names) == len(set(names)) == 4
+    assert {n.split("/")[0] for n in names} == {first.sweep_id, second.sweep_id}

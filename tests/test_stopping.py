@@ -1,0 +1,156 @@
+"""Early-stopping rules on recorded metric histories: who stops, at which epoch, and why."""
+
+import math
+
+import pytest
+
+from celeb_smile.constants import TrialState
+from celeb_smile.sweep.spec import EarlyStopping, Objective, SweepSpec
+from celeb_smile.sweep.stopping import ASHA, MedianStop, make_stopping_rule
+from celeb_smile.sweep.trial import Trial
+
+NAN = math.nan
+FINISHED, RUNNING, STOPPED = TrialState.FINISHED, TrialState.RUNNING, TrialState.STOPPED
+
+
+def trial(index, state, history, epochs=10):
+    return Trial(index, {"epochs": str(epochs)}, state=state, history=list(history))
+
+
+def finished(*histories):
+    return [trial(i + 100, FINISHED, h) for i, h in enumerate(histories)]
+
+
+def median(start_step=3, min_trials=3, direction="maximize"):
+    return MedianStop("val_accuracy", direction, start_step, min_trials)
+
+
+def stopped(rule, trials):
+    return [d.trial_index for d in rule.decide(trials)]
+
+
+# -- median ---------------------------------------------------------------------------------
+# Running averages at step 3 of these finished trials: 0.6, 0.7, 0.8 -> median 0.7.
+DONE = finished([0.5, 0.6, 0.7, 0.8], [0.6, 0.7, 0.8, 0.9], [0.7, 0.8, 0.9, 0.9])
+
+
+def test_median_stops_a_trial_whose_best_is_below_the_median_running_average():
+    bad, good = trial(1, RUNNING, [0.5, 0.6, 0.65]), trial(2, RUNNING, [0.5, 0.5, 0.75])
+    decisions = median().decide(DONE + [bad, good])
+    assert [d.trial_index for d in decisions] == [1]
+    decision = decisions[0]
+    assert (decision.rule, decision.epoch, decision.value) == ("median", 3, 0.65)
+    assert decision.threshold == pytest.approx(0.7)
+    assert "0.65" in decision.explanation and "0.7" in decision.explanation
+
+
+def test_median_waits_for_start_step_and_enough_finished_trials():
+    bad = trial(1, RUNNING, [0.1, 0.1])
+    assert stopped(median(start_step=3), DONE + [bad]) == []  # step 2 < start_step
+    bad.history.append(0.1)
+    assert stopped(median(min_trials=4), DONE + [bad]) == []  # only 3 finished
+    assert stopped(median(), DONE[:2] + [trial(9, RUNNING, [0.9] * 5)] + [bad]) == []
+    assert stopped(median(), DONE + [bad]) == [1]
+
+
+def test_median_counts_only_finished_trials_that_reached_the_step():
+    short = [trial(50, FINISHED, [0.1, 0.1, 0.1])]  # never reached step 4
+    running = [trial(1, RUNNING, [0.6, 0.7, 0.7, 0.3]), trial(7, RUNNING, [0.9] * 4)]
+    assert stopped(median(start_step=4), DONE[:2] + short + running) == []
+    assert stopped(median(start_step=4), DONE + short + running) == [1]
+
+
+def test_a_tie_with_the_median_does_not_stop():
+    assert stopped(median(), DONE + [trial(1, RUNNING, [0.6, 0.7, 0.7])]) == []
+
+
+def test_median_respects_minimize():
+    losses = finished([0.5, 0.4, 0.3], [0.6, 0.5, 0.4], [0.7, 0.6, 0.5])  # median 0.5
+    rule = median(direction="minimize")
+    assert stopped(rule, losses + [trial(1, RUNNING, [0.9, 0.6, 0.55]),
+                                   trial(2, RUNNING, [0.9, 0.8, 0.45])]) == [1]
+
+
+def test_nan_never_poisons_the_median_and_a_nan_trial_is_stopped():
+    done = DONE + finished([NAN, NAN, NAN], [NAN, 0.9, 0.9])  # averages: -, 0.9 -> median 0.75
+    nan_trial, fine = trial(1, RUNNING, [NAN, NAN, NAN]), trial(2, RUNNING, [NAN, 0.76, NAN])
+    decisions = median().decide(done + [nan_trial, fine])
+    assert [d.trial_index for d in decisions] == [1]
+    assert decisions[0].threshold == pytest.approx(0.75)
+    assert "NaN" in decisions[0].explanation
+
+
+def test_each_trial_is_decided_once_and_only_while_running():
+    bad = trial(1, RUNNING, [0.1, 0.1, 0.1])
+    rule = median()
+    assert stopped(rule, DONE + [bad]) == [1]
+    bad.history.append(0.1)
+    assert stopped(rule, DONE + [bad]) == []
+    for state in (FINISHED, STOPPED, TrialState.SCHEDULED):
+        assert stopped(median(), DONE + [trial(2, state, [0.1, 0.1, 0.1])]) == []
+
+
+def test_a_trial_past_its_last_epoch_is_left_to_finish():
+    assert stopped(median(), DONE + [trial(1, RUNNING, [0.1, 0.1, 0.1], epochs=3)]) == []
+
+
+# -- asha -----------------------------------------------------------------------------------
+
+def asha(grace=1, factor=3, direction="maximize"):
+    return ASHA("val_accuracy", direction, grace, factor)
+
+
+def test_asha_rungs_grow_by_the_reduction_factor():
+    assert asha(grace=1, factor=3).rungs(10) == [1, 3, 9]
+    assert asha(grace=2, factor=2).rungs(10) == [2, 4, 8]
+
+
+def test_the_first_trial_at_a_rung_never_waits_for_others():
+    assert stopped(asha(), [trial(1, RUNNING, [0.1])]) == []
+
+
+def test_asha_keeps_only_the_best_third_at_a_rung():
+    ended = [trial(2, STOPPED, [0.8]), trial(3, FINISHED, [0.6] * 10)]
+    decisions = asha().decide(ended + [trial(1, RUNNING, [0.7])])
+    assert [(d.trial_index, d.epoch, d.value, d.threshold) for d in decisions] == [
+        (1, 1, 0.7, 0.8)]
+    assert "0.7" in decisions[0].explanation and "0.8" in decisions[0].explanation
+
+
+def test_asha_judges_each_rung_once_on_arrival():
+    rule = asha()
+    leader = trial(1, RUNNING, [0.5])
+    assert stopped(rule, [leader]) == []  # alone at rung 1: promoted
+    later = [trial(i, FINISHED, [0.9] * 10) for i in (2, 3, 4)]
+    assert stopped(rule, [leader] + later) == []  # rung 1 was decided; rung 3 not reached
+    leader.history += [0.5, 0.5]
+    assert stopped(rule, [leader] + later) == [1]  # rung 3: 0.5 < best of 4 (0.9)
+
+
+def test_asha_ties_continue_and_minimize_is_respected():
+    assert stopped(asha(), [trial(2, FINISHED, [0.8] * 10), trial(3, FINISHED, [0.8] * 10),
+                            trial(1, RUNNING, [0.8])]) == []
+    losses = [trial(2, FINISHED, [0.3] * 10), trial(3, FINISHED, [0.4] * 10)]
+    assert stopped(asha(direction="minimize"), losses + [trial(1, RUNNING, [0.35])]) == [1]
+    assert stopped(asha(direction="minimize"), losses + [trial(1, RUNNING, [0.2])]) == []
+
+
+def test_asha_stops_nan_and_ignores_nan_in_the_cutoff():
+    others = [trial(2, FINISHED, [NAN] * 10), trial(3, FINISHED, [NAN] * 10)]
+    assert stopped(asha(), others + [trial(1, RUNNING, [0.1])]) == []
+    decisions = asha().decide(others + [trial(1, RUNNING, [NAN])])
+    assert [d.trial_index for d in decisions] == [1]
+    assert math.isnan(decisions[0].value) and "NaN" in decisions[0].explanation
+
+
+# -- from the spec ----------------------------------------------------------------------------
+
+def test_the_spec_chooses_the_rule_and_its_settings():
+    spec = SweepSpec(objective=Objective("val_loss", "minimize"))
+    assert make_stopping_rule(spec) is None
+    spec.early_stopping = EarlyStopping("asha", grace_period=2, reduction_factor=4)
+    rule = make_stopping_rule(spec)
+    assert isinstance(rule, ASHA) and rule.rungs(32) == [2, 8, 32] and not rule.maximize
+    spec.early_stopping = EarlyStopping("median", start_step=5, min_trials_required=2)
+    rule = make_stopping_rule(spec)
+    assert isinstance(rule, MedianStop) and (rule.start_step, rule.min_trials_required) == (5, 2)
