@@ -54,7 +54,7 @@ deploy:  ## deploy the tracking server and PostgreSQL into $(NAMESPACE), images 
 	  && echo "deployed to namespace $(NAMESPACE); backend config: $$overlay/kubernetes_config.json"
 
 ui: venv  ## open the in-cluster MLflow UI on http://127.0.0.1:5000 (follows the server's pod; Ctrl-C ends)
-	$(BIN)/python scripts/mlflow_ui.py --namespace $(NAMESPACE)
+	$(BIN)/python scripts/tracking.py --namespace $(NAMESPACE)
 
 data:  ## prepare CelebA into the tfds-data volume (a Job; needs `make images` and a network reaching CelebA)
 	scripts/prepare-data.sh $(NAMESPACE) $(TRAIN_IMAGE)

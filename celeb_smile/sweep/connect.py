@@ -68,9 +68,10 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
             pass
     except OSError as error:
         raise ValueError(f"tracking server {uri} does not answer ({error})") from None
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers=_basic_auth_header())
     try:
-        with urllib.request.urlopen(f"{base}/api/2.0/mlflow/experiments/search?max_results=1",
-                                    timeout=timeout):
+        with urllib.request.urlopen(request, timeout=timeout):
             pass
     except urllib.error.HTTPError as error:
         if error.code == 403 and INVALID_HOST_MESSAGE in error.read().decode(errors="replace"):
@@ -81,6 +82,18 @@ def check_tracking_server(uri: str, timeout: float = 10.0) -> None:
                 "connects by itself") from None
     except OSError as error:
         raise ValueError(f"tracking server {uri} does not answer ({error})") from None
+
+
+def _basic_auth_header() -> dict[str, str]:
+    """MLflow's own credentials variables, as its client sends them."""
+    import base64
+    import os
+
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get(
+        "MLFLOW_TRACKING_PASSWORD")
+    if not (user and password):
+        return {}
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
 
 
 # --- the forwarder: 127.0.0.1:<port> -> the current pod ----------------------------------------

@@ -15,6 +15,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from celeb_smile.constants import LEASE_TAG, SUBMISSION_TAG, SWEEP_ID_TAG
+from celeb_smile.sweep.processes import alive
 from celeb_smile.sweep.retry import Unavailable, retrying
 
 # The driver's own MLflow client: each HTTP call gives up after this long, and is not retried
@@ -109,7 +110,7 @@ class Tracking:
             return None
         host, _, pid = holder.partition(":")
         pid = pid.partition(":")[0]
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        if host == socket.gethostname() and pid.isdigit() and not alive(int(pid)):
             return None  # its driver died on this machine: no need to wait for the expiry
         return holder
 
@@ -199,15 +200,6 @@ class Tracking:
     def get_run(self, run_id: str):
         return self.patient("read a run", lambda: self.client.get_run(run_id))
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def snapshot(run) -> RunSnapshot:

@@ -1,21 +1,20 @@
 """The driver's own connection to the in-cluster tracking server (celeb_smile.sweep.connect) on a
-real cluster, in a namespace of this module's own: it follows the server's pod across a
+real cluster, in the tests' own namespace (cluster_stack): it follows the server's pod across a
 restart at the same local address, `make ui` serves the UI through it, a sweep survives a
 server restart mid-way with nothing exported by hand, and the Service's ClusterIP is refused in
-one line."""
+one line. Tests that restart the server reconnect the session's kubectl port-forward after."""
 
-import json
 import signal
 import subprocess
 import time
+import urllib.request
 
 import pytest
 from mlflow import MlflowClient
 
+from celeb_smile.constants import EPOCH_METRICS
 from celeb_smile.sweep.connect import connect_to_tracking_server, in_cluster_tracking_uri
-from tests.cluster.conftest import make
 from tests.conftest import BIN_DIR, PROJECT_DIR, sweep_runs
-from tests.helpers.namespaced_stack import namespaced_stack
 
 pytestmark = pytest.mark.cluster
 SERVER_SELECTOR = "app.kubernetes.io/component=mlflow"
@@ -23,11 +22,26 @@ TINY = ["--param", "epochs=3", "--param", "training_samples=64",
         "--param", "validation_samples=32", "--param", "batch_size=16"]
 
 
-@pytest.fixture(scope="module")
-def own_stack(kube_env):
-    make(kube_env, "images", timeout=1800)  # the server image the stack runs
-    with namespaced_stack(kube_env, "connect") as stack:
-        yield stack
+@pytest.fixture
+def own_stack(cluster_stack):
+    """The session's stack; its kubectl port-forward (which dies with the server's pod) is
+    restarted afterwards for the tests that use it."""
+    yield cluster_stack
+    if cluster_stack.port_forward.process is None or \
+            cluster_stack.port_forward.process.poll() is not None or not _answers(cluster_stack):
+        cluster_stack.reconnect()
+
+
+def _answers(stack) -> bool:
+    try:
+        with urllib.request.urlopen(f"{stack.tracking_uri}/health", timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def server_pods(stack) -> list[str]:
+    return stack.kubectl("get", "pods", "-l", SERVER_SELECTOR, "-o", "name").stdout.split()
 
 
 def test_the_connection_follows_a_restarted_server_pod_at_the_same_address(own_stack):
@@ -41,13 +55,13 @@ def test_the_connection_follows_a_restarted_server_pod_at_the_same_address(own_s
         run = client.create_run(experiment_id)
         assert connection.uri == uri
         assert connection.forwarder.current.pod != first_pod
-        assert f"pod/{first_pod}" not in own_stack.server_pods()
+        assert f"pod/{first_pod}" not in server_pods(own_stack)
         assert client.get_run(run.info.run_id).info.experiment_id == experiment_id
 
 
 def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack):
     process = subprocess.Popen(
-        [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "mlflow_ui.py"),
+        [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "tracking.py"),
          "--namespace", own_stack.namespace, "--port", "0"],
         env=own_stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -55,8 +69,10 @@ def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack):
         assert first_line.startswith(f"MLflow UI of {own_stack.namespace}/mlflow: http://127.0.0.1:"), \
             first_line + process.stderr.read() if process.poll() is not None else first_line
         uri = first_line.split(": ", 1)[1].split()[0]
-        page = subprocess.run(["curl", "-sf", f"{uri}/"], capture_output=True, text=True,
-                              timeout=60)
+        credentials = f"{own_stack.env['MLFLOW_TRACKING_USERNAME']}:" \
+                      f"{own_stack.env['MLFLOW_TRACKING_PASSWORD']}"
+        page = subprocess.run(["curl", "-sf", "-u", credentials, f"{uri}/"], capture_output=True,
+                              text=True, timeout=60)
         assert page.returncode == 0 and "<title>MLflow</title>" in page.stdout, page.stdout[:500]
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=30) == 0
@@ -64,6 +80,19 @@ def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_a_command_runs_with_both_tracking_addresses_set(own_stack):
+    probe = ("import os, sys, urllib.request\n"
+             "urllib.request.urlopen(os.environ['MLFLOW_TRACKING_URI'] + '/health', timeout=30)\n"
+             "print(os.environ['KUBE_MLFLOW_TRACKING_URI'])\n"
+             "sys.exit(3)\n")
+    result = subprocess.run(
+        [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "tracking.py"),
+         "--namespace", own_stack.namespace, "--port", "0", "--", str(BIN_DIR / "python"), "-c",
+         probe], env=own_stack.env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 3, result.stderr  # the command's own exit code
+    assert result.stdout.strip() == in_cluster_tracking_uri(own_stack.namespace)
 
 
 def test_the_services_clusterip_is_refused_in_one_line(own_stack):
@@ -80,8 +109,8 @@ def test_the_services_clusterip_is_refused_in_one_line(own_stack):
         "MLFLOW_TRACKING_URI unset and the driver connects by itself"]
 
 
-def test_a_sweep_survives_a_server_restart_with_nothing_exported(own_stack, tmp_path):
-    config = backend_config_for(own_stack.namespace, tmp_path)
+def test_a_sweep_survives_a_server_restart_with_nothing_exported(own_stack):
+    config = own_stack.backend_config  # this namespace's job template: the driver derives the rest
     experiment = f"connect-sweep-{time.time_ns()}"
     env = {key: value for key, value in own_stack.env.items()
            if key not in ("MLFLOW_TRACKING_URI", "KUBE_MLFLOW_TRACKING_URI")}
@@ -105,23 +134,15 @@ def test_a_sweep_survives_a_server_restart_with_nothing_exported(own_stack, tmp_
     assert in_cluster_tracking_uri(own_stack.namespace) in output
     with connect_to_tracking_server(own_stack.namespace) as connection:
         client = MlflowClient(connection.uri)
-        (parent,), children = sweep_runs(client, experiment)
+        tagged, children = sweep_runs(client, experiment)
+        parents = [run for run in tagged if "mlflow.parentRunId" not in run.data.tags]
+        assert len(parents) == 1, [run.data.tags for run in tagged]
         assert {child.info.status for child in children} == {"FINISHED"}
         assert len(children) == 2
-
-
-def backend_config_for(namespace: str, directory):
-    """kubernetes_config.json and job_template.yaml with the Jobs in `namespace`."""
-    template = (PROJECT_DIR / "job_template.yaml").read_text()
-    assert "  namespace: celeb-smile\n" in template
-    job_template = directory / "job_template.yaml"
-    job_template.write_text(template.replace("  namespace: celeb-smile\n",
-                                             f"  namespace: {namespace}\n"))
-    config = json.loads((PROJECT_DIR / "kubernetes_config.json").read_text())
-    config["kube-job-template-path"] = str(job_template)
-    path = directory / "kubernetes_config.json"
-    path.write_text(json.dumps(config))
-    return path
+        for child in children:  # nothing lost, nothing twice: one point per epoch
+            for metric in EPOCH_METRICS:
+                steps = [m.step for m in client.get_metric_history(child.info.run_id, metric)]
+                assert sorted(steps) == [0, 1, 2], (metric, steps)
 
 
 def restart_server_once_a_trial_runs(stack, driver, timeout=600) -> bool:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from celeb_smile.constants import PID_TAG, TRAINER_HTTP_ENV, TrialState
 from celeb_smile.sweep.backends import Observation, entry_point_argv
+from celeb_smile.sweep.processes import alive
 from celeb_smile.sweep.spec import PROJECT_DIR
 
 GRACE_SECONDS = 10  # a cancelled trial's processes get this long to exit on SIGTERM
@@ -89,7 +90,7 @@ class LocalBackend:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(handle.pid, signal.SIGTERM)
         deadline = time.monotonic() + GRACE_SECONDS
-        while _group_alive(handle.pid) and time.monotonic() < deadline + GRACE_SECONDS:
+        while alive(handle.pid, group=True) and time.monotonic() < deadline + GRACE_SECONDS:
             if time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(handle.pid, signal.SIGKILL)
@@ -108,15 +109,6 @@ class LocalBackend:
         path = handle.log_path
         return path.read_text(errors="replace") if path.exists() else ""
 
-
-def _group_alive(group: int) -> bool:
-    try:
-        os.killpg(group, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _runs_trial(pid: int, run_id: str) -> bool:
