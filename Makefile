@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 REGISTRY ?= localhost:5001
 TRAIN_IMAGE := $(REGISTRY)/celeb-smile-train:0.1.0
+# MLproject's docker_env image: `mlflow run --build-image` layers the project on it locally.
+PROJECT_IMAGE := localhost:5001/celeb-smile-train:0.1.0
 # The server's tag is k8s/kustomization.yaml's (bumped whenever the image changes).
 SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r2
 NAMESPACE ?= celeb-smile
@@ -37,7 +39,7 @@ cluster:  ## create (or reuse) a kind cluster wired to a registry on localhost:5
 	scripts/kind-cluster.sh
 
 images:  ## build the training and tracking-server images and push them to $(REGISTRY)
-	docker build -t $(TRAIN_IMAGE) .
+	docker build -t $(TRAIN_IMAGE) -t $(PROJECT_IMAGE) .
 	docker build -t $(SERVER_IMAGE) -f k8s/server/Dockerfile .
 	docker push $(TRAIN_IMAGE)
 	docker push $(SERVER_IMAGE)

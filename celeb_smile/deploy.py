@@ -169,8 +169,9 @@ def job_template_text(namespace: str, project_dir: Path) -> str:
     return text.replace(TEMPLATE_NAMESPACE_LINE, f"  namespace: {namespace}\n")
 
 
-def backend_config(registry: str) -> dict:
-    return {"kube-job-template-path": "job_template.yaml",
+def backend_config(registry: str, job_template: Path) -> dict:
+    """An absolute template path: `mlflow run` resolves it from its working directory."""
+    return {"kube-job-template-path": str(job_template.resolve()),
             "repository-uri": f"{registry}/{TRAIN_IMAGE}"}
 
 
@@ -187,7 +188,7 @@ def render(namespace: str = DEFAULT_NAMESPACE, registry: str = DEFAULT_REGISTRY,
         **{f"secrets-checksum-{name}.yaml": _json(checksum_patch(name, values))
            for name in DEPLOYMENTS},
         "job_template.yaml": job_template_text(namespace, project_dir),
-        "kubernetes_config.json": _json(backend_config(registry)),
+        "kubernetes_config.json": _json(backend_config(registry, overlay.job_template)),
     }
     for name, text in files.items():
         (directory / name).write_text(text)

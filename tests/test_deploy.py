@@ -40,7 +40,7 @@ def test_namespace_and_registry_flow_everywhere_and_nothing_tracked_changes(tmp_
     assert namespace["metadata"]["name"] == "team-a"
     assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
     assert json.loads(overlay.backend_config.read_text()) == {
-        "kube-job-template-path": "job_template.yaml",
+        "kube-job-template-path": str(overlay.job_template.resolve()),
         "repository-uri": "registry.example:5000/ml/celeb-smile-train"}
     template = overlay.job_template.read_text()
     assert "  namespace: team-a\n" in template and "celeb-smile\n" not in template
