@@ -71,8 +71,9 @@ def run_driver(path: Path, store: str, work_dir: Path) -> tuple[int, float]:
     result = subprocess.run(
         [sys.executable, str(PROJECT_DIR / "driver.py"), "--sweep", str(path),
          "--backend", "local"], cwd=work_dir, env=env, capture_output=True, text=True)
-    if result.returncode not in (0, 1):
-        sys.stderr.write(result.stdout[-2000:] + result.stderr[-2000:])
+    if result.returncode != 0:  # 1 = a trial failed: say which and why
+        sys.stderr.write(f"{path.name}: driver exited {result.returncode}\n"
+                         + result.stdout[-3000:] + result.stderr[-2000:])
     return result.returncode, time.monotonic() - started
 
 
@@ -135,8 +136,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=9)
-    parser.add_argument("--training-samples", type=int, default=500)
-    parser.add_argument("--validation-samples", type=int, default=200)
+    parser.add_argument("--training-samples", type=int, default=300)
+    parser.add_argument("--validation-samples", type=int, default=100)
     args = parser.parse_args()
     print_machine()
     print(f"trials: {args.trials}\nparallel: {args.parallel}\nepochs: {args.epochs}")
