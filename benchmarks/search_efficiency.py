@@ -43,8 +43,9 @@ SPACE = {"learning_rate": {"loguniform": [0.00001, 1.0]},
          "batch_size": {"choice": [16, 32, 64]}}
 CONFIGS = {  # name -> what differs from random search
     "random": {"search": "random"},
+    # Rungs at epochs 2 and 6: one epoch of a few hundred images is mostly noise.
     "tpe_asha": {"search": "tpe",
-                 "early_stopping": {"rule": "asha", "grace_period": 1, "reduction_factor": 3}},
+                 "early_stopping": {"rule": "asha", "grace_period": 2, "reduction_factor": 3}},
     "tpe_median": {"search": "tpe",
                    "early_stopping": {"rule": "median", "start_step": 3,
                                       "min_trials_required": 3}},
@@ -70,9 +71,12 @@ def run_driver(path: Path, store: str, work_dir: Path) -> tuple[int, float]:
     started = time.monotonic()
     result = subprocess.run(
         [sys.executable, str(PROJECT_DIR / "driver.py"), "--sweep", str(path),
-         "--backend", "local"], cwd=work_dir, env=env, capture_output=True, text=True)
-    if result.returncode not in (0, 1):
-        sys.stderr.write(result.stdout[-2000:] + result.stderr[-2000:])
+         "--backend", "local"], cwd=work_dir, env=env, capture_output=True,
+        text=True)
+    path.with_suffix(".log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:  # 1 = a trial failed: say which and why
+        sys.stderr.write(f"{path.name}: driver exited {result.returncode}\n"
+                         + result.stdout[-3000:] + result.stderr[-2000:])
     return result.returncode, time.monotonic() - started
 
 
@@ -135,14 +139,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=12)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=9)
-    parser.add_argument("--training-samples", type=int, default=500)
-    parser.add_argument("--validation-samples", type=int, default=200)
+    parser.add_argument("--training-samples", type=int, default=300)
+    parser.add_argument("--validation-samples", type=int, default=300)
+    parser.add_argument("--keep", metavar="DIR",
+                        help="keep the sweep files, driver logs and MLflow stores in DIR")
     args = parser.parse_args()
     print_machine()
     print(f"trials: {args.trials}\nparallel: {args.parallel}\nepochs: {args.epochs}")
     seeds = [int(s) for s in args.seeds.split(",")]
-    with tempfile.TemporaryDirectory(prefix="search-efficiency-") as directory:
-        outcomes = [one_seed(seed, args, Path(directory)) for seed in seeds]
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        outcomes = [one_seed(seed, args, Path(args.keep).resolve()) for seed in seeds]
+    else:
+        with tempfile.TemporaryDirectory(prefix="search-efficiency-") as directory:
+            outcomes = [one_seed(seed, args, Path(directory)) for seed in seeds]
     for name in CONFIGS:
         for key in ("trial_epochs", "wall_s", "best"):
             values = [o["results"][name][key] for o in outcomes]
