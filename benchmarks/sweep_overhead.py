@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -30,14 +31,19 @@ from mlflow import MlflowClient  # noqa: E402
 
 from machine import print_machine  # noqa: E402
 from celeb_smile.constants import SWEEP_ID_TAG  # noqa: E402
+from celeb_smile.sweep.cli import _job_namespace_and_context  # noqa: E402
+from celeb_smile.sweep.connect import connect_to_tracking_server  # noqa: E402
 from celeb_smile.sweep.spec import PROJECT_DIR  # noqa: E402
 
 TINY = {"epochs": "2", "training_samples": "128", "validation_samples": "32",
         "batch_size": "32"}
 
 
-def run_driver(experiment: str, trials: int, parallel: int, stats: Path, extra) -> float:
+def run_driver(experiment: str, args, stats: Path) -> float:
+    trials, parallel = args.trials, args.parallel
+    extra = ["--no-build"] if args.no_build else []
     command = [sys.executable, str(PROJECT_DIR / "driver.py"), "--backend", "kubernetes",
+               "--backend-config", args.backend_config,
                "--experiment", experiment, "--max-parallel", str(parallel),
                "--grid", "seed=" + ",".join(str(s) for s in range(1, trials + 1)),
                "--poll-seconds", "2", "--stats-file", str(stats), *extra]
@@ -62,15 +68,25 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--parallel", type=int, default=4)
     parser.add_argument("--no-build", action="store_true", help="use the pushed image")
+    parser.add_argument("--backend-config", default=str(PROJECT_DIR / "kubernetes_config.json"),
+                        help="e.g. .deploy/<namespace>/kubernetes_config.json")
     args = parser.parse_args()
     print_machine()
     experiment = f"bench-sweep-overhead-{int(time.time())}"
     with tempfile.TemporaryDirectory() as tmp:
         stats = Path(tmp) / "stats.jsonl"
-        driver_s = run_driver(experiment, args.trials, args.parallel, stats,
-                              ["--no-build"] if args.no_build else [])
+        driver_s = run_driver(experiment, args, stats)
         poll_stats, submits = polls(stats)
-    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI"))
+    with ExitStack() as stack:
+        tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if not tracking_uri:  # as the driver did: through the Kubernetes API
+            namespace, context = _job_namespace_and_context(args.backend_config)
+            tracking_uri = stack.enter_context(
+                connect_to_tracking_server(namespace, context=context)).uri
+        report(MlflowClient(tracking_uri), experiment, args, driver_s, poll_stats, submits)
+
+
+def report(client, experiment, args, driver_s, poll_stats, submits) -> None:
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     runs = client.search_runs([experiment_id], max_results=1000)
     parent = next(r for r in runs if SWEEP_ID_TAG in r.data.tags
