@@ -216,7 +216,8 @@ class Sweep:
         for run in runs:
             if run.info.run_id in mine or "mlflow.parentRunId" not in run.data.tags:
                 continue  # this sweep's own, or a sweep's parent run
-            self.warm.append(Trial(0, self._spec_params(run.data.params), state=S.FINISHED,
+            # Every logged parameter: the search checks the run solved the same problem.
+            self.warm.append(Trial(0, dict(run.data.params), state=S.FINISHED,
                                    run_id=run.info.run_id, metrics=dict(run.data.metrics),
                                    warm_start=True))
         self.console.print(f"warm start: {len(self.warm)} finished runs of the same code")

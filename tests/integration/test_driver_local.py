@@ -8,6 +8,7 @@ import subprocess
 import pytest
 from mlflow import MlflowClient
 
+from celeb_smile.constants import STOPPED_TAG
 from tests.conftest import BIN_DIR, PROJECT_DIR, interrupt_when_training, sweep_runs
 
 pytestmark = pytest.mark.integration
@@ -82,3 +83,19 @@ def test_interrupted_sweep_kills_its_trials_and_exits_cleanly(mlflow_server, tmp
     for pid in pids:  # each trial leads its own process group: nothing of it may be left
         leftover = subprocess.run(["pgrep", "-g", pid], capture_output=True, text=True)
         assert leftover.returncode == 1, f"processes of trial {pid} left: {leftover.stdout}"
+
+
+def test_a_hopeless_trial_is_stopped_early_while_the_good_one_finishes(mlflow_server, tmp_path):
+    result = driver(mlflow_server, tmp_path, "--experiment", "it-stop",
+                    "--sweep", str(PROJECT_DIR / "tests" / "cluster" / "median_stop.yaml"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    client = MlflowClient(mlflow_server)
+    _, children = sweep_runs(client, "it-stop")
+    by_rate = {c.data.params["learning_rate"]: c for c in children}
+    assert by_rate["0.001"].info.status == "FINISHED"
+    stopped = by_rate["50.0"]
+    assert stopped.info.status == "KILLED"
+    assert stopped.data.tags[STOPPED_TAG].startswith("stopped by median at epoch ")
+    epochs = len(client.get_metric_history(stopped.info.run_id, "val_loss"))
+    assert 1 <= epochs < 150  # its metrics so far stay; it never ran to the end
+    assert "stopped early" in result.stdout
