@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from celeb_smile.sweep.connect import in_cluster_tracking_uri  # standard library only
+
 PROJECT_DIR = Path(__file__).resolve().parents[1]
 DEFAULT_NAMESPACE = "celeb-smile"
 DEFAULT_REGISTRY = "localhost:5001"
@@ -40,11 +42,6 @@ NAMESPACE_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 REGISTRY_PATTERN = re.compile(r"[A-Za-z0-9.-]+(:[0-9]+)?(/[a-z0-9._/-]+)?")
 DEPLOYMENTS = ("postgres", "mlflow")
 TEMPLATE_NAMESPACE_LINE = f"  namespace: {DEFAULT_NAMESPACE}\n"
-
-
-def in_cluster_tracking_uri(namespace: str) -> str:
-    """The tracking server's address as pods of `namespace` see it (its Service's DNS name)."""
-    return f"http://mlflow.{namespace}.svc.cluster.local:5000"
 
 
 def deploy_dir(namespace: str, root: Path = PROJECT_DIR) -> Path:
