@@ -148,14 +148,14 @@ def test_interrupted_sweep_deletes_its_jobs_and_pods(cluster_stack, training_job
 def test_a_job_deleted_behind_the_drivers_back_fails_its_trial(cluster_stack, training_jobs):
     experiment = f"cluster-deleted-{int(time.time())}"
     process = start_driver(cluster_stack, "--experiment", experiment, "--no-build",
-                           "--grid", "epochs=60,2", "--param", "training_samples=64",
+                           "--grid", "epochs=1000,2", "--param", "training_samples=64",
                            "--param", "validation_samples=32")
     client = MlflowClient(cluster_stack.tracking_uri)
     try:
         runs = wait_for(lambda: training_runs(client, experiment, 1), "a trial training")
-        long_run = next((r for r in runs if r.data.params["epochs"] == "60"), None) or \
+        long_run = next((r for r in runs if r.data.params["epochs"] == "1000"), None) or \
             wait_for(lambda: [r for r in training_runs(client, experiment, 2) or []
-                              if r.data.params["epochs"] == "60"], "the long trial")[0]
+                              if r.data.params["epochs"] == "1000"], "the long trial")[0]
         job = long_run.data.tags["celeb_smile.job"].split("/", 1)[1]
         cluster_stack.kubectl("delete", "job", job, "--wait=false")
         output, _ = process.communicate(timeout=600)
@@ -174,7 +174,7 @@ def test_a_job_deleted_behind_the_drivers_back_fails_its_trial(cluster_stack, tr
 def test_a_killed_driver_started_again_adopts_its_trials(cluster_stack, training_jobs):
     experiment = f"cluster-adopt-{int(time.time())}"
     args = ["--experiment", experiment, "--no-build", "--max-parallel", "2",
-            "--grid", "seed=1,2,3", "--param", "epochs=12", "--param", "training_samples=64",
+            "--grid", "seed=1,2,3", "--param", "epochs=40", "--param", "training_samples=256",
             "--param", "validation_samples=32"]
     process = start_driver(cluster_stack, *args)
     client = MlflowClient(cluster_stack.tracking_uri)
@@ -194,7 +194,7 @@ def test_a_killed_driver_started_again_adopts_its_trials(cluster_stack, training
     assert len(sweep_jobs(cluster_stack, sweep_id)) == 3  # none submitted twice
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
-        assert sorted(steps) == list(range(12))
+        assert sorted(steps) == list(range(40))
 
 
 def test_a_refused_submission_ends_its_run_failed_with_the_reason(
