@@ -127,7 +127,7 @@ def test_every_shipped_sweep_file_is_valid_and_says_what_it_is_for(path):
 def test_adaptive_search_stopping_goal_and_budget_are_read_from_the_file():
     spec = load_spec_file(PROJECT_DIR / "sweeps" / "tpe-asha.yaml")
     assert (spec.strategy(), spec.max_trials, spec.seed, spec.goal) == ("tpe", 16, 0, 0.97)
-    assert spec.early_stopping == EarlyStopping("asha", grace_period=1, reduction_factor=3)
+    assert spec.early_stopping == EarlyStopping("asha", grace_period=3, reduction_factor=3)
     assert spec.budget == Budget(trial_epochs=100, wall_seconds=3600)
     assert set(spec.random_space) == {"learning_rate", "convolutions", "batch_size"}
     assert spec.trials() == []  # it decides as it goes
