@@ -3,6 +3,7 @@ entry point as an argv, the run's coordinates, the data volume only for CelebA t
 
 import yaml
 
+from celeb_smile import deploy
 from celeb_smile.constants import RUN_LABEL, SWEEP_LABEL, TRAINER_HTTP_ENV
 from celeb_smile.sweep.backends.kubernetes import KubernetesBackend, job_name
 from celeb_smile.sweep.trial import Trial
@@ -54,3 +55,17 @@ def test_pods_retry_the_tracking_server_like_local_trials():
     env = {e["name"]: e.get("value")
            for e in template["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert {k: env.get(k) for k in TRAINER_HTTP_ENV} == TRAINER_HTTP_ENV
+
+
+def test_a_deploy_for_another_registry_and_namespace_reaches_the_submitted_job(tmp_path):
+    overlay = deploy.render("team-a", "registry.example:5000/ml", directory=tmp_path)
+    backend = KubernetesBackend(overlay.backend_config, overlay.tracking_uri, "abc123")
+    assert backend.image == "registry.example:5000/ml/celeb-smile-train:0.1.0"
+    assert backend.namespace == "team-a"
+    backend.image_ref = backend.image + "@sha256:" + "1" * 64
+    job = backend.job_manifest(Trial(1, {}, sweep_id="abc123", run_id="e" * 32), "7")
+    assert job["metadata"]["namespace"] == "team-a"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["image"].startswith("registry.example:5000/ml/celeb-smile-train:0.1.0@")
+    assert container_env(job)["MLFLOW_TRACKING_URI"] == \
+        "http://mlflow.team-a.svc.cluster.local:5000"
