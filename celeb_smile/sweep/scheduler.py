@@ -80,12 +80,10 @@ class Sweep:
         self.experiment_id = self.tracking.experiment_id(self.spec.experiment)
         parent, runs = self.tracking.sweep_runs(self.experiment_id, self.sweep_id)
         if parent is not None and (holder := self.tracking.lease_holder(parent)):
-            print(f"error: sweep {self.sweep_id} is being run by another driver ({holder}); "
-                  f"wait for it to end, or for its lease to expire after it died",
-                  file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return self._refuse(holder)
         self.backend.prepare(self.console)  # before the parent run: a failure leaves no trace
-        self._open_parent(parent)
+        if holder := self._open_parent(parent):
+            return self._refuse(holder)
         try:
             with _signals_routed(self._on_signal):
                 self._load(runs)
@@ -103,7 +101,9 @@ class Sweep:
         return {"FINISHED": EXIT_OK, "FAILED": EXIT_TRIAL_FAILED}.get(self.status,
                                                                      EXIT_INTERRUPTED)
 
-    def _open_parent(self, parent) -> None:
+    def _open_parent(self, parent) -> str | None:
+        """Create or resume the parent run and take its lease; the winner's name if another
+        driver took it first."""
         report.prepare_experiment(self.client, self.experiment_id)
         if parent is None:
             run = self.tracking.patient("create the sweep run", lambda: self.client.create_run(
@@ -117,11 +117,17 @@ class Sweep:
             self.tracking.patient("resume the sweep run", lambda: self.client.update_run(
                 self.parent_id, status="RUNNING"))
         holder = self.tracking.take_lease(self.parent_id)
-        if holder:
-            raise SystemExit(f"error: sweep {self.sweep_id} was taken by driver {holder}")
+        if holder:  # another driver wrote its lease at the same moment, and won
+            return holder
         self._lease_renewed = time.monotonic()
         self._grant_trainer()
         mlflow.start_run(run_id=self.parent_id)  # the report logs to the active run
+        return None
+
+    def _refuse(self, holder: str) -> int:
+        print(f"error: sweep {self.sweep_id} is being run by another driver ({holder}); "
+              "wait for it to end, or for its lease to expire after it died", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
     def _log_settings(self) -> None:
         spec = self.spec
