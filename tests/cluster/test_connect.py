@@ -14,7 +14,8 @@ from mlflow import MlflowClient
 
 from celeb_smile.constants import EPOCH_METRICS
 from celeb_smile.sweep.connect import connect_to_tracking_server, in_cluster_tracking_uri
-from tests.conftest import BIN_DIR, PROJECT_DIR, sweep_runs
+from tests.conftest import BIN_DIR, PROJECT_DIR
+from tests.helpers.sweeps import sweep_runs
 
 pytestmark = pytest.mark.cluster
 SERVER_SELECTOR = "app.kubernetes.io/component=mlflow"

@@ -14,7 +14,8 @@ import yaml
 from mlflow import MlflowClient
 
 from celeb_smile.constants import (REASON_TAG, STOPPED_TAG, SWEEP_LABEL, TRIAL_INDEX_TAG)
-from tests.conftest import BIN_DIR, PROJECT_DIR, interrupt_when_training, sweep_runs
+from tests.conftest import BIN_DIR, PROJECT_DIR
+from tests.helpers.sweeps import interrupt_when_training, sweep_runs
 
 pytestmark = pytest.mark.cluster
 TINY = ["--param", "epochs=2", "--param", "training_samples=64",

@@ -9,7 +9,8 @@ import pytest
 from mlflow import MlflowClient
 
 from celeb_smile.constants import STOPPED_TAG
-from tests.conftest import BIN_DIR, PROJECT_DIR, interrupt_when_training, sweep_runs
+from tests.conftest import BIN_DIR, PROJECT_DIR
+from tests.helpers.sweeps import interrupt_when_training, sweep_runs
 
 pytestmark = pytest.mark.integration
 
