@@ -2,6 +2,7 @@
 
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep import progress
+from celeb_smile.sweep.trial import Trial
 from tests.helpers.fake_sweep import trial
 
 
@@ -32,3 +33,10 @@ def test_the_progress_table_counts_every_ended_trial_as_done():
     table = progress.Progress(Console(), trials, ["convolutions"], "val_accuracy").table()
     assert table.title == "sweep: 2/3 done"
     assert "stopped early" in table.columns[2]._cells[1]
+
+
+def test_a_waiting_pod_shows_why_in_the_table():
+    waiting = Trial(1, {}, state=TrialState.SCHEDULED,
+                    reason="Unschedulable: 0/1 nodes are available: 1 Insufficient cpu.")
+    assert progress.state_text(waiting, reason_chars=None) == \
+        "scheduled: Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."

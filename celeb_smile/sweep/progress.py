@@ -73,11 +73,12 @@ class Progress:
 
 
 def state_text(trial, reason_chars: int | None = REASON_SHOWN) -> str:
-    """'stopped early: <rule>', 'finished earlier', 'failed: <reason>'... (plain text)."""
+    """'stopped early: <rule>', 'finished earlier', 'failed: <reason>', 'scheduled:
+    Unschedulable: ...' (what a pod waits for)... (plain text)."""
     state = TrialState(trial.state)
     words = STATE_WORDS[state]
-    reason = trial.reason if state in (TrialState.STOPPED, TrialState.FAILED,
-                                       TrialState.KILLED) else ""
+    reason = trial.reason if state in (TrialState.SCHEDULED, TrialState.STOPPED,
+                                       TrialState.FAILED, TrialState.KILLED) else ""
     if reason and reason_chars is not None and len(reason) > reason_chars:
         reason = reason[:reason_chars - 1] + "…"
     return f"{words}: {reason}" if reason else words
