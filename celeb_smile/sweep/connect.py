@@ -20,6 +20,7 @@ permissions needed in the namespace: get services and endpoints, create pods/por
 from __future__ import annotations
 
 import logging
+import os
 import select
 import socket
 import ssl
@@ -318,8 +319,9 @@ def kubernetes_configuration(context: str | None = None):
     except ConfigException:
         pass
     try:
-        config.load_kube_config(context=context, client_configuration=configuration,
-                                persist_config=False)
+        # $KUBECONFIG as it is now: the client reads it once, when first imported.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), context=context,
+                                client_configuration=configuration, persist_config=False)
     except (ConfigException, OSError) as error:
         raise TrackingConnectionError(
             f"no Kubernetes credentials: not in a pod, and no usable kubeconfig ({error})") from None

@@ -9,6 +9,7 @@ pods in one call.
 
 import copy
 import json
+import os
 import re
 import urllib.request
 from pathlib import Path
@@ -264,7 +265,8 @@ def kubernetes_clients(context: str | None = None):
         config.load_incluster_config()
     except ConfigException:
         try:
-            config.load_kube_config(context=context)
+            # $KUBECONFIG as it is now: the client reads it once, when first imported.
+            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), context=context)
         except (ConfigException, OSError) as error:
             raise PreparationError(f"no usable kubeconfig (KUBECONFIG or ~/.kube/config): "
                                    f"{error}") from None
