@@ -133,7 +133,7 @@ class Sweep:
         spec = self.spec
         mlflow.MlflowClient().log_batch(self.parent_id, params=[
             mlflow.entities.Param(k, str(v)) for k, v in {
-                "backend": self.backend.name, "search": getattr(spec, "search", "grid"),
+                "backend": self.backend.name, "search": spec.strategy(),
                 "max_parallel": spec.max_parallel,
                 "objective": f"{spec.objective.direction} {spec.objective.metric}"}.items()])
         self.client.log_text(self.parent_id, json.dumps(describe(spec), indent=2, default=str),
@@ -167,7 +167,7 @@ class Sweep:
         planned = self.search.planned()
         counts = {state: sum(t.state == state for t in self.trials) for state in S}
         self.console.print(
-            f"sweep {self.sweep_id}: {getattr(self.spec, 'search', 'grid')} search, "
+            f"sweep {self.sweep_id}: {self.spec.strategy()} search, "
             f"{planned if planned is not None else '?'} trials planned; "
             f"{counts[S.FINISHED] + counts[S.STOPPED]} done before, "
             f"{counts[S.SKIPPED]} finished earlier, {counts[S.SCHEDULED]} adopted in flight; "
@@ -404,8 +404,7 @@ class Sweep:
             trial.handle = self._retry_backend(
                 f"launch {trial.name}", lambda: self.backend.launch(
                     trial, self.experiment_id, self.tracking_uri), patience=LAUNCH_PATIENCE_S)
-            self.tracking.log_tags(trial.run_id, self.backend.launched_tags(trial.handle)
-                                   if hasattr(self.backend, "launched_tags") else {})
+            self.tracking.log_tags(trial.run_id, self.backend.launched_tags(trial.handle))
         except (Unavailable, LaunchError) as error:
             self._end(trial, S.FAILED, f"submission failed: {error}")
             return
@@ -435,9 +434,7 @@ class Sweep:
         return bool(self.ended_because)
 
     def _budget_spent(self) -> str:
-        budget = getattr(self.spec, "budget", None)
-        if budget is None:
-            return ""
+        budget = self.spec.budget
         epochs = sum(t.epochs_done for t in self.trials if t.state != S.SKIPPED)
         if budget.trial_epochs is not None and epochs >= budget.trial_epochs:
             return f"budget of {budget.trial_epochs} trial-epochs spent ({epochs})"
@@ -461,7 +458,7 @@ class Sweep:
                              {STOPPED_TAG: decision.explanation})
 
     def _check_goal(self) -> None:
-        goal = getattr(self.spec, "goal", None)
+        goal = self.spec.goal
         if goal is None or self.ended_because:
             return
         objective = self.spec.objective

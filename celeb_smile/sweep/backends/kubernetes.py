@@ -79,6 +79,9 @@ class KubernetesBackend:
                 "mlflow.project.backend": "kubernetes", "mlflow.project.env": "docker",
                 "mlflow.docker.image.uri": self.image_ref or self.image}
 
+    def launched_tags(self, handle: KubernetesTrial) -> dict[str, str]:
+        return {}  # the Job's name is known before it is created: run_tags has it
+
     # -- one trial ---------------------------------------------------------------------------
     def launch(self, trial, experiment_id: str, tracking_uri: str) -> KubernetesTrial:
         """Create the trial's Job; an existing Job of the same name (a retried call whose
