@@ -1,10 +1,12 @@
-"""train.py's entry point: bad input becomes one line on stderr and exit code 2."""
+"""train.py's entry point: bad input becomes one line on stderr and exit code 2.
+
+Every call to the tracking server goes through `patiently`: a server restarting mid-training
+delays the run, it does not fail it."""
 
 import os
 import sys
 
-EXIT_BAD_INPUT = 2
-ERROR_TAG = "celeb_smile.error"  # set on a run that was rejected or crashed
+from celeb_smile.constants import ERROR_TAG, EXIT_BAD_INPUT, EXIT_TRIAL_FAILED
 
 
 def fail(message: str, exit_code: int = EXIT_BAD_INPUT) -> int:
@@ -23,20 +25,37 @@ def train_main(argv=None) -> int:
 
     import mlflow
 
+    from celeb_smile.retry import patiently
     from celeb_smile.training import train
 
     print("config: " + " ".join(f"{k}={v}" for k, v in cfg.as_params().items()), flush=True)
-    with mlflow.start_run():
-        try:
-            train(cfg)
-        except ValueError as error:  # e.g. the dataset is not where data_dir says
-            mlflow.set_tag(ERROR_TAG, str(error))
-            mlflow.end_run("FAILED")
-            return fail(str(error), exit_code=1)
-        except Exception as error:
-            mlflow.set_tag(ERROR_TAG, f"{type(error).__name__}: {error}"[:5000])
-            raise
+    run_id = patiently("open the run", mlflow.start_run).info.run_id
+    client = mlflow.MlflowClient()
+    try:
+        train(cfg)
+    except Exception as error:
+        message = str(error) if isinstance(error, ValueError) else \
+            f"{type(error).__name__}: {error}"[:5000]
+        patiently("record the error", lambda: client.set_tag(run_id, ERROR_TAG, message))
+        _end_run(client, run_id, "FAILED")
+        if isinstance(error, ValueError):  # e.g. the dataset is not where data_dir says
+            return fail(message, exit_code=EXIT_TRIAL_FAILED)
+        raise
+    _end_run(client, run_id, "FINISHED")
     return 0
+
+
+def _end_run(client, run_id: str, status: str) -> None:
+    import mlflow
+
+    from celeb_smile.retry import patiently, tracking_transient
+
+    try:
+        mlflow.end_run(status)  # forgets the active run, then terminates it on the server
+    except Exception as error:
+        if not tracking_transient(error):
+            raise
+        patiently("end the run", lambda: client.set_terminated(run_id, status))
 
 
 def _record_failure_on_launched_run(message: str) -> None:
@@ -46,8 +65,11 @@ def _record_failure_on_launched_run(message: str) -> None:
     if not run_id:
         return
     from mlflow import MlflowClient
+    from mlflow.entities import RunTag
 
+    from celeb_smile.retry import patiently
+
+    tags = [RunTag(ERROR_TAG, message), RunTag("mlflow.note.content", f"Rejected: {message}")]
     client = MlflowClient()
-    client.set_tag(run_id, ERROR_TAG, message)
-    client.set_tag(run_id, "mlflow.note.content", f"Rejected: {message}")
-    client.set_terminated(run_id, "FAILED")
+    patiently("record the rejection", lambda: client.log_batch(run_id, tags=tags))
+    patiently("end the run", lambda: client.set_terminated(run_id, "FAILED"))

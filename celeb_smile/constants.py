@@ -86,6 +86,9 @@ TRAINER_HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
+# How long the driver (--outage-timeout's default) and a training process (around MLflow's own
+# retries) wait out an unreachable tracking server before they give up.
+OUTAGE_PATIENCE_S = 300
 
 # -- Kubernetes labels on a trial's Job and pod (besides app.kubernetes.io/component) ----------
 SWEEP_LABEL = "celeb-smile/sweep-id"  # lists a sweep's Jobs and pods in one call

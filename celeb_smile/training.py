@@ -13,6 +13,7 @@ from celeb_smile import IMAGE_SHAPE
 from celeb_smile.config import TrainConfig, parse_value
 from celeb_smile.data import load_splits
 from celeb_smile.model import build_model, compile_model
+from celeb_smile.retry import patiently
 
 MODEL_NAME = "model"  # the run's logged model: runs:/<run_id>/model
 
@@ -23,7 +24,7 @@ class EpochMetricsLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         metrics = {name: float(value) for name, value in (logs or {}).items()}
         metrics["epoch_seconds"] = time.perf_counter() - self._epoch_started
-        mlflow.log_metrics(metrics, step=epoch)
+        log_metrics_once(f"log epoch {epoch}'s metrics", metrics, step=epoch)
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.perf_counter()
@@ -33,16 +34,23 @@ def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
     """Fit the model for `cfg` on the active MLflow run: params, per-epoch metrics, test
     metrics and the model (with signature and input example) all land on that run."""
     keras.utils.set_random_seed(cfg.seed)
-    log_params_once(cfg)
+    patiently("log the parameters", lambda: log_params_once(cfg))
     splits = load_splits(cfg)
     model = compile_model(build_model(cfg.convolutions, cfg.randomize_images, cfg.seed),
                           cfg.learning_rate)
     model.fit(splits["train"], validation_data=splits["validation"], epochs=cfg.epochs,
               callbacks=[EpochMetricsLogger()], verbose=verbose)
     test_loss, test_accuracy = model.evaluate(splits["test"], verbose=0)
-    mlflow.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy})
-    log_model(model, example_batch=next(iter(splits["validation"]))[0].numpy()[:1])
+    log_metrics_once("log the test metrics", {"test_loss": test_loss, "test_accuracy": test_accuracy})
+    example = next(iter(splits["validation"]))[0].numpy()[:1]
+    patiently("log the model", lambda: log_model(model, example_batch=example))
     return model
+
+
+def log_metrics_once(what: str, metrics: dict[str, float], step: int = 0) -> None:
+    """A resent batch carries the same timestamp: the server stores each point once."""
+    timestamp = int(time.time() * 1000)
+    patiently(what, lambda: mlflow.log_metrics(metrics, step=step, timestamp=timestamp))
 
 
 def log_params_once(cfg: TrainConfig) -> None:

@@ -5,7 +5,7 @@ import os
 import sys
 
 from celeb_smile.cli import fail
-from celeb_smile.constants import EXIT_INTERRUPTED, EXIT_TRIAL_FAILED
+from celeb_smile.constants import EXIT_INTERRUPTED, EXIT_TRIAL_FAILED, OUTAGE_PATIENCE_S
 from celeb_smile.sweep.connect import in_cluster_tracking_uri
 
 DEFAULT_NAMESPACE = "celeb-smile"  # when the job template names none
@@ -64,9 +64,9 @@ def build_parser():
     add("--pending-timeout", type=float, default=900, metavar="SECONDS",
         help="fail a trial whose pod cannot start (unschedulable, pulling...) for this long "
              "(default 900)")
-    add("--outage-timeout", type=float, default=300, metavar="SECONDS",
+    add("--outage-timeout", type=float, default=OUTAGE_PATIENCE_S, metavar="SECONDS",
         help="how long the tracking server or the cluster may be unreachable before the "
-             "sweep gives up (default 300)")
+             "sweep gives up (default %(default)s)")
     add("--promote", action="store_true",
         help="register the best trial's model and move celeb-smile@champion to it, if the "
              "sweep ends FINISHED and its best trial beats the current champion on the same "

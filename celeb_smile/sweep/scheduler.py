@@ -23,7 +23,7 @@ from celeb_smile.constants import (CODE_VERSION_TAG, ERROR_TAG, EXIT_BAD_INPUT,
 from celeb_smile.sweep import report
 from celeb_smile.sweep.backends import LaunchError, code_version
 from celeb_smile.sweep.progress import Progress
-from celeb_smile.sweep.retry import Unavailable, retrying
+from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep.search import make_search
 from celeb_smile.sweep.spec import describe
 from celeb_smile.sweep.stopping import make_stopping_rule
@@ -33,6 +33,7 @@ from celeb_smile.sweep.trial import Trial
 S = TrialState
 LEASE_RENEW_SECONDS = 30
 LAUNCH_PATIENCE_S = 120  # a submission is retried this long before its trial fails
+NOTE_EVERY_S = 30  # the parent's description is rewritten at most this often while trials run
 
 
 class HardStop(BaseException):
@@ -69,7 +70,11 @@ class Sweep:
         self.seconds_before = 0.0  # wall time of earlier drivers of this sweep
         self.started = time.monotonic()
         self._finished_elsewhere: dict | None = None
-        self._unrecorded: set[int] = set()  # trials whose end is not on their run yet
+        # Trials that ended and whose end is not on their run yet: index -> (tags to add,
+        # the run's status when the trial ended). Recorded once freed slots are refilled.
+        self._unrecorded: dict[int, tuple[dict, str]] = {}
+        self._snapshots: dict = {}  # run id -> the run as this poll read it
+        self._note_written = 0.0  # time.monotonic() of the last rewrite of the parent's note
         self.lost = ""  # why the sweep gave up on the tracking server
         self._unreachable: dict[str, float] = {}  # what is unreachable, since when
         self._lease_renewed = 0.0
@@ -247,6 +252,7 @@ class Sweep:
         with self.progress:
             try:
                 self._loop()
+                self._record_ended()
             except Unavailable as error:
                 self._give_up(error)
             self.progress.refresh()
@@ -257,6 +263,8 @@ class Sweep:
             if self.interrupted.is_set():
                 break
             self._submit_while_room()
+            self._record_ended()
+            self._rewrite_note(every_s=NOTE_EVERY_S)
             if not any(t.state.in_flight for t in self.trials):
                 break
             self._keep_lease()
@@ -278,14 +286,12 @@ class Sweep:
             self.console.print(f"[red]could not cancel the trials: {cancel_error}[/]")
         for trial in in_flight:
             trial.state, trial.reason, trial.ended = S.FAILED, self.lost, time.monotonic()
-            self._unrecorded.add(trial.index)
+            self._unrecorded[trial.index] = ({}, "RUNNING")
         self.tracking.stop = self.hard_stop
-        for trial in [t for t in self.trials if t.index in self._unrecorded]:
-            try:
-                self._record_end(trial, {})
-                self._unrecorded.discard(trial.index)
-            except Unavailable:
-                break
+        try:
+            self._record_ended()
+        except Unavailable:
+            pass
         unrecorded = [t.run_id for t in self.trials if t.index in self._unrecorded]
         if unrecorded:
             self.console.print(f"[red]runs left RUNNING ({', '.join(unrecorded)}): run the "
@@ -326,8 +332,10 @@ class Sweep:
 
     def _read_metrics(self, trials) -> None:
         metric = self.spec.objective.metric
+        self._snapshots = {}
         try:
             snapshots = self.tracking.snapshots(self.experiment_id, [t.run_id for t in trials])
+            self._snapshots = snapshots
             advanced = []
             for trial in trials:
                 snap = snapshots.get(trial.run_id)
@@ -398,9 +406,9 @@ class Sweep:
         trial.started, trial.ended = time.monotonic(), None
         trial.sweep_run_id, trial.history = self.parent_id, []
         try:
-            trial.run_id = self.tracking.create_run(
-                self.experiment_id, trial.name, trial.params, self._trial_tags(trial))
-            self.tracking.log_tags(trial.run_id, self.backend.run_tags(trial))
+            trial.run_id = self.tracking.create_run(self.experiment_id, trial.name,
+                                                    self._trial_tags(trial))
+            self.tracking.log_tags(trial.run_id, self.backend.run_tags(trial), trial.params)
             trial.handle = self._retry_backend(
                 f"launch {trial.name}", lambda: self.backend.launch(
                     trial, self.experiment_id, self.tracking_uri), patience=LAUNCH_PATIENCE_S)
@@ -486,40 +494,57 @@ class Sweep:
             self._cancel(trial, state, reason)
 
     def _end(self, trial: Trial, state: TrialState, reason: str = "", tags=None) -> None:
-        """Record how a trial ended on its run (reason, full log, status), then let go of it."""
+        """Settle how a trial ended, from its run as this poll read it, and free its slot.
+        Recording that on the run (log, tags, status, the Job deleted) waits for
+        `_record_ended`, after the slot is refilled."""
         trial.ended = time.monotonic()
         trial.state, trial.reason = state, reason
         if trial.run_id:
-            self._unrecorded.add(trial.index)
-            self._record_end(trial, tags or {})  # Unavailable: the sweep gives up
-            self._unrecorded.discard(trial.index)
+            run = self._snapshots.get(trial.run_id) or self.tracking.snapshot(trial.run_id)
+            self._settle(trial, run)
+            self._unrecorded[trial.index] = (tags or {}, run.status)
         self.progress.event(trial, str(trial.state) + (f": {trial.reason}" if trial.reason
                                                        else ""))
-        report.update_note(self, self.parent_id)
 
-    def _record_end(self, trial: Trial, tags: dict) -> None:
-        run = self.tracking.get_run(trial.run_id)
-        trial.metrics = dict(run.data.metrics)
-        if trial.state == S.FINISHED and run.info.status == "FAILED":  # exited 0, run failed
-            trial.state, trial.reason = S.FAILED, run.data.tags.get(ERROR_TAG, "run FAILED")
-        elif trial.state == S.FINISHED and run.info.status != "FINISHED" and trial.reason:
+    def _settle(self, trial: Trial, run) -> None:
+        """A trial's final state and reason given its run (a RunSnapshot)."""
+        trial.metrics = dict(run.metrics)
+        if trial.state == S.FINISHED and run.status == "FAILED":  # exited 0, run failed
+            trial.state, trial.reason = S.FAILED, run.tags.get(ERROR_TAG, "run FAILED")
+        elif trial.state == S.FINISHED and run.status != "FINISHED" and trial.reason:
             trial.state = S.FAILED  # gone while no driver watched, and it never ended its run
         elif trial.state == S.FINISHED:
             trial.reason = ""
-        message = run.data.tags.get(ERROR_TAG)
+        message = run.tags.get(ERROR_TAG)
         if trial.state == S.FAILED and message and message not in trial.reason:
             trial.reason += f" ({message})"
+
+    def _record_ended(self) -> None:
+        """Put every ended trial's end on its run. Unavailable: the sweep gives up (the rest
+        stay in `_unrecorded`)."""
+        for trial in [t for t in self.trials if t.index in self._unrecorded]:
+            tags, run_status = self._unrecorded[trial.index]
+            self._record_end(trial, tags, run_status)
+            del self._unrecorded[trial.index]
+
+    def _record_end(self, trial: Trial, tags: dict, run_status: str) -> None:
         self._save_log(trial)
         if trial.state != S.FINISHED:
             self.tracking.log_tags(trial.run_id, {REASON_TAG: trial.reason, **tags})
         if trial.handle is not None:
             self._retry_backend("clean up", lambda: self.backend.release(trial.handle),
                                 patience=30)
-        if run.info.status in ("RUNNING", "SCHEDULED"):
+        if run_status in ("RUNNING", "SCHEDULED"):
             self.tracking.end_run(trial.run_id, trial.state.mlflow_status)
         history = self.tracking.histories([trial.run_id], self.spec.objective.metric)
         trial.history = history.get(trial.run_id, trial.history)
         trial.handle = None
+
+    def _rewrite_note(self, every_s: float = 0.0) -> None:
+        """The parent run's description, at most every `every_s` seconds while trials run."""
+        if time.monotonic() - self._note_written >= every_s:
+            report.update_note(self, self.parent_id)
+            self._note_written = time.monotonic()
 
     def _save_log(self, trial: Trial) -> None:
         if trial.handle is None:

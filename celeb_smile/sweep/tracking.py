@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from mlflow.exceptions import MlflowException
 
 from celeb_smile.constants import LEASE_TAG, SUBMISSION_TAG, SWEEP_ID_TAG
 from celeb_smile.sweep.processes import alive
-from celeb_smile.sweep.retry import Unavailable, retrying
+from celeb_smile.retry import Unavailable, retrying, tracking_transient
 
 # The driver's own MLflow client: each HTTP call gives up after this long, and is not retried
 # by MLflow (this module retries, with backoff and an eye on Ctrl-C). Set before any request.
@@ -29,15 +28,6 @@ QUICK_PATIENCE_S = 20  # reads for progress only: give up soon, the next poll tr
 def configure_driver_http() -> None:
     for name, value in DRIVER_HTTP_ENV.items():
         os.environ.setdefault(name, value)
-
-
-def transient(error: BaseException) -> bool:
-    """Worth retrying: the server or the network, not a request the server refused."""
-    if isinstance(error, MlflowException):
-        code = getattr(error, "get_http_status_code", lambda: 500)()
-        return code >= 500 or code == 429 or "API request" in str(error)
-    return isinstance(error, (OSError, ConnectionError, TimeoutError)) or \
-        type(error).__module__.startswith(("requests", "urllib3"))
 
 
 @dataclass
@@ -72,7 +62,7 @@ class Tracking:
             self.calls += 1
             return call()
         return retrying(counted, what=what, patience_s=patience, stop=self.stop,
-                        transient=transient, on_retry=self.on_retry)
+                        transient=tracking_transient, on_retry=self.on_retry)
 
     # -- experiment and parent run --------------------------------------------------------
     def experiment_id(self, name: str) -> str:
@@ -130,10 +120,9 @@ class Tracking:
                      lambda: self.client.set_tag(run_id, LEASE_TAG, f"{self.holder} 0"))
 
     # -- trial runs -------------------------------------------------------------------------
-    def create_run(self, experiment_id: str, run_name: str, params: dict[str, str],
-                   tags: dict[str, str]) -> str:
-        """Create a run with its parameters, exactly once even if a retried request had gone
-        through: a token tag finds the run the lost response would have named."""
+    def create_run(self, experiment_id: str, run_name: str, tags: dict[str, str]) -> str:
+        """Create a run, exactly once even if a retried request had gone through: a token tag
+        finds the run the lost response would have named."""
         token = uuid.uuid4().hex
         tags = {**tags, SUBMISSION_TAG: token}
         attempts = []
@@ -147,10 +136,7 @@ class Tracking:
             attempts.append(1)
             return self.client.create_run(experiment_id, run_name=run_name, tags=tags).info.run_id
 
-        run_id = self.patient("create a run", create)
-        self.patient("log parameters", lambda: self.client.log_batch(
-            run_id, params=[Param(k, v) for k, v in params.items()]))
-        return run_id
+        return self.patient("create a run", create)
 
     def snapshots(self, experiment_id: str, run_ids: list[str]) -> dict[str, RunSnapshot]:
         """The latest metrics and status of `run_ids`: one query whatever their number."""
@@ -187,9 +173,13 @@ class Tracking:
                 Metric(metric, item.get("value", math.nan), item["timestamp"], item["step"]))
         return points
 
-    def log_tags(self, run_id: str, tags: dict[str, str]) -> None:
-        self.patient("set tags", lambda: self.client.log_batch(
-            run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()]))
+    def log_tags(self, run_id: str, tags: dict[str, str], params: dict[str, str] = None) -> None:
+        """Tags (and parameters) in one request; nothing to log, no request."""
+        if not tags and not params:
+            return
+        self.patient("log tags and parameters", lambda: self.client.log_batch(
+            run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
+            params=[Param(k, v) for k, v in (params or {}).items()]))
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.patient(f"save {path}", lambda: self.client.log_text(run_id, text, path))
@@ -200,6 +190,8 @@ class Tracking:
     def get_run(self, run_id: str):
         return self.patient("read a run", lambda: self.client.get_run(run_id))
 
+    def snapshot(self, run_id: str) -> RunSnapshot:
+        return snapshot(self.get_run(run_id))
 
 
 def snapshot(run) -> RunSnapshot:

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from celeb_smile.constants import EPOCH_METRICS
 from celeb_smile.sweep.connect import connect_to_tracking_server, in_cluster_tracking_uri
 from tests.conftest import BIN_DIR, PROJECT_DIR
-from tests.helpers.sweeps import sweep_runs
+from tests.helpers.sweeps import sweep_runs, trial_log_tails
 
 pytestmark = pytest.mark.cluster
 SERVER_SELECTOR = "app.kubernetes.io/component=mlflow"
@@ -130,11 +130,11 @@ def test_a_sweep_survives_a_server_restart_with_nothing_exported(own_stack):
         own_stack.kubectl("delete", "jobs", "-l", "app.kubernetes.io/component=training",
                           "--wait=true", "--timeout=120s", check=False, timeout=150)
     assert restarted, "no trial ran before the driver ended"
-    assert driver.returncode == 0, output[-5000:]
     assert "reached at http://127.0.0.1:" in output
     assert in_cluster_tracking_uri(own_stack.namespace) in output
     with connect_to_tracking_server(own_stack.namespace) as connection:
         client = MlflowClient(connection.uri)
+        assert driver.returncode == 0, output[-5000:] + trial_log_tails(client, experiment)
         tagged, children = sweep_runs(client, experiment)
         parents = [run for run in tagged if "mlflow.parentRunId" not in run.data.tags]
         assert len(parents) == 1, [run.data.tags for run in tagged]

@@ -36,3 +36,17 @@ def interrupt_when_training(process, client, experiment: str, signum: int,
         process.kill()
         output, _ = process.communicate()
     return trained, output or ""
+
+
+def trial_log_tails(client, experiment: str, lines: int = 30) -> str:
+    """The last lines of every trial's logs/trial.log, for a failing test's message."""
+    tails = []
+    for child in sweep_runs(client, experiment)[1]:
+        try:
+            path = client.download_artifacts(child.info.run_id, "logs/trial.log")
+            with open(path, encoding="utf-8", errors="replace") as log:
+                text = "".join(log.readlines()[-lines:])
+        except Exception as error:  # noqa: BLE001 - a diagnostic, never the failure itself
+            text = f"(no log: {error})"
+        tails.append(f"--- {child.info.run_name}\n{text}")
+    return "\n".join(tails)

@@ -246,8 +246,12 @@ class JobWatch:
         texts = []
         for pod in pods:
             try:
-                texts.append(self._core.read_namespaced_pod_log(
-                    pod.metadata.name, handle.namespace, _request_timeout=(5, 60)))
+                # The raw body: kubernetes 36's decoding returns the repr of the bytes
+                # ("b'...'", kubernetes-client/python#2596).
+                response = self._core.read_namespaced_pod_log(
+                    pod.metadata.name, handle.namespace, _preload_content=False,
+                    _request_timeout=(5, 60))
+                texts.append(response.data.decode("utf-8", errors="replace"))
             except ApiException as error:
                 texts.append(f"(no log from pod {pod.metadata.name}: {error.reason})")
         return "\n".join(texts)

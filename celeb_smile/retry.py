@@ -1,0 +1,91 @@
+"""Calls to the tracking server and the Kubernetes API that survive blips and outages.
+
+Every call is bounded by its own timeout (set where the client is made); this module repeats a
+failed call with exponential backoff until it succeeds, the patience runs out, or the sweep is
+interrupted — so the driver answers Ctrl-C within one call's timeout, whatever it waits on.
+A training process rides out a tracking-server outage the same way (`patiently`).
+"""
+
+import sys
+import threading
+import time
+
+from mlflow.exceptions import MlflowException, RestException
+
+from celeb_smile.constants import OUTAGE_PATIENCE_S
+
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 15.0
+
+
+class Unavailable(RuntimeError):
+    """A call kept failing for longer than its patience (or the sweep was interrupted)."""
+
+
+def backoff_delays(first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S):
+    delay = first
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
+
+
+def retrying(call, *, what: str, patience_s: float, stop: threading.Event,
+             transient=lambda error: True, on_retry=None):
+    """`call()` until it succeeds; transient errors are retried with backoff for `patience_s`
+    seconds (0: one attempt), others are raised at once. Raises Unavailable when out of
+    patience or when `stop` is set while waiting."""
+    deadline = time.monotonic() + patience_s
+    for delay in backoff_delays():
+        try:
+            return call()
+        except Exception as error:  # noqa: BLE001 - classified by `transient`
+            if not transient(error):
+                raise
+            last = error
+        if time.monotonic() + delay > deadline or stop.is_set():
+            raise Unavailable(f"{what}: {_one_line(last)}") from last
+        if on_retry is not None:
+            on_retry(what, last, delay)
+        if stop.wait(delay):
+            raise Unavailable(f"{what}: interrupted while retrying ({_one_line(last)})") from last
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+def tracking_transient(error: BaseException) -> bool:
+    """Worth retrying: the server or the network, not a request MLflow refused. MLflow refuses
+    with a JSON error (RestException); anything else — a connection error, MLflow's retries
+    running out, a 5xx, or an answer that is not MLflow's at all (a proxy's or gateway's empty
+    404 while the server restarts) — passes."""
+    if isinstance(error, RestException):
+        code = error.get_http_status_code()
+        return code >= 500 or code == 429
+    if isinstance(error, MlflowException):
+        return True
+    return isinstance(error, (OSError, ConnectionError, TimeoutError)) or \
+        type(error).__module__.startswith(("requests", "urllib3"))
+
+
+def patiently(what: str, call, patience_s: float = OUTAGE_PATIENCE_S):
+    """A training process's call to the tracking server, retried through an outage of
+    `patience_s` (each retry said on stderr, so the trial's log shows it)."""
+    def say(what, error, delay):
+        print(f"tracking server unavailable ({what}: {_one_line(error)}); retrying in "
+              f"{delay:.0f}s", file=sys.stderr, flush=True)
+        _drop_pooled_connections()
+    return retrying(call, what=what, patience_s=patience_s, stop=threading.Event(),
+                    transient=tracking_transient, on_retry=say)
+
+
+def _drop_pooled_connections() -> None:
+    """The next attempt opens a new connection. One that met the server away may stay bound to
+    whatever answered instead (a gateway, or a Service without endpoints whose traffic went
+    elsewhere) and keep answering the same way after the server is back."""
+    from mlflow.utils import request_utils
+
+    cached = getattr(request_utils, "_cached_get_request_session", None)  # MLflow's pool
+    if cached is not None:
+        cached.cache_clear()

@@ -1,0 +1,50 @@
+"""celeb_smile.retry: which failures are worth waiting out, and a training process's calls
+riding out a server that answers like a restarting proxy (a real MLflow server behind it)."""
+
+import threading
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException, RestException
+
+from celeb_smile.retry import Unavailable, patiently, retrying, tracking_transient
+from tests.helpers.flaky_front import flaky_front
+
+
+@pytest.mark.parametrize("error, worth_retrying", [
+    (RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}), False),
+    (RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}), False),
+    (RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}), True),
+    (MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code "
+                     "404 != 200. Response body: ''"), True),
+    (ConnectionResetError(104, "Connection reset by peer"), True),
+    (ValueError("run already records epochs=3, not 5"), False),
+])
+def test_only_what_mlflow_itself_refused_is_final(error, worth_retrying):
+    assert tracking_transient(error) is worth_retrying
+
+
+def test_retrying_gives_up_after_its_patience_with_the_last_error():
+    attempts = []
+
+    def call():
+        attempts.append(1)
+        raise ConnectionRefusedError("connection refused")
+
+    with pytest.raises(Unavailable, match="connect: ConnectionRefusedError: connection refused"):
+        retrying(call, what="connect", patience_s=0, stop=threading.Event())
+    assert len(attempts) == 1
+
+
+def test_a_call_outlasts_answers_that_are_not_mlflows(mlflow_server):
+    with flaky_front(mlflow_server, failures=2) as (uri, answered):
+        experiment = patiently("read", lambda: MlflowClient(uri).get_experiment_by_name("Default"))
+    assert experiment.name == "Default"
+    assert answered == [404, 404, 200]
+
+
+def test_mlflows_own_refusal_is_raised_at_once(mlflow_server):
+    with flaky_front(mlflow_server, failures=0) as (uri, answered):
+        with pytest.raises(RestException, match="RESOURCE_DOES_NOT_EXIST"):
+            patiently("read", lambda: MlflowClient(uri).get_run("0" * 32))
+    assert answered == [404]
