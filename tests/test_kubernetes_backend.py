@@ -1,6 +1,7 @@
 """The Job a trial becomes (no cluster needed): labels that list a sweep in one call, the
 entry point as an argv, the run's coordinates, the data volume only for CelebA trials."""
 
+import pytest
 import yaml
 
 from celeb_smile import deploy
@@ -69,3 +70,13 @@ def test_a_deploy_for_another_registry_and_namespace_reaches_the_submitted_job(t
     assert container["image"].startswith("registry.example:5000/ml/celeb-smile-train:0.1.0@")
     assert container_env(job)["MLFLOW_TRACKING_URI"] == \
         "http://mlflow.team-a.svc.cluster.local:5000"
+
+
+def test_no_kubeconfig_is_a_preparation_error(tmp_path, monkeypatch):
+    from celeb_smile.sweep.backends import PreparationError
+    from celeb_smile.sweep.backends.kubernetes import kubernetes_clients
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "none"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with pytest.raises(PreparationError, match="no Kubernetes credentials: not in a pod"):
+        kubernetes_clients()

@@ -9,7 +9,6 @@ pods in one call.
 
 import copy
 import json
-import os
 import re
 import urllib.request
 from pathlib import Path
@@ -56,12 +55,13 @@ class KubernetesBackend:
         self.build = build
         self.image = project_image(self.config["repository-uri"])
         self.image_ref = None  # image@digest, once prepared
-        self._core = self._batch = None
-        self.calls = 0  # list calls, for the sweep-overhead benchmark
+        self._batch = None
+        self.watch: JobWatch | None = None  # once prepared
 
     # -- set-up ------------------------------------------------------------------------------
     def prepare(self, console) -> None:
-        self._core, self._batch = kubernetes_clients(self.config.get("kube-context"))
+        core, self._batch = kubernetes_clients(self.config.get("kube-context"))
+        self.watch = JobWatch(core, self._batch, self.namespace, self.sweep_id)
         if self.build:
             with console.status(f"building and pushing {self.image} (once for the sweep)"):
                 run_docker("build", "-t", self.image, str(PROJECT_DIR))
@@ -129,14 +129,12 @@ class KubernetesBackend:
 
     # -- watching, stopping, logs: see JobWatch ----------------------------------------------
     @property
-    def watch(self) -> "JobWatch":
-        return JobWatch(self._core, self._batch, self.namespace, self.sweep_id)
+    def calls(self) -> int:
+        """List calls so far, for the sweep-overhead benchmark."""
+        return self.watch.calls if self.watch else 0
 
     def observe(self, trials) -> dict[int, Observation]:
-        watch = self.watch
-        observed = watch.observe(trials)
-        self.calls += watch.calls
-        return observed
+        return self.watch.observe(trials)
 
     def cancel(self, handle: KubernetesTrial) -> None:
         self.watch.cancel(handle)
@@ -265,19 +263,16 @@ def job_name(sweep_id: str, trial) -> str:
 
 def kubernetes_clients(context: str | None = None):
     """(CoreV1Api, BatchV1Api): in-cluster configuration first, the kubeconfig as fallback."""
-    from kubernetes import client, config
-    from kubernetes.config.config_exception import ConfigException
+    from kubernetes import client
+
+    from celeb_smile.sweep.connect import TrackingConnectionError, kubernetes_configuration
 
     try:
-        config.load_incluster_config()
-    except ConfigException:
-        try:
-            # $KUBECONFIG as it is now: the client reads it once, when first imported.
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"), context=context)
-        except (ConfigException, OSError) as error:
-            raise PreparationError(f"no usable kubeconfig (KUBECONFIG or ~/.kube/config): "
-                                   f"{error}") from None
-    return client.CoreV1Api(), client.BatchV1Api()
+        configuration, _ = kubernetes_configuration(context)
+    except TrackingConnectionError as error:
+        raise PreparationError(str(error)) from None
+    api = client.ApiClient(configuration)
+    return client.CoreV1Api(api), client.BatchV1Api(api)
 
 
 def read_backend_config(path: Path) -> dict:
