@@ -29,7 +29,10 @@ def train_main(argv=None) -> int:
     from celeb_smile.training import train
 
     print("config: " + " ".join(f"{k}={v}" for k, v in cfg.as_params().items()), flush=True)
-    run_id = patiently("open the run", mlflow.start_run).info.run_id
+    # Read once: mlflow.start_run takes MLFLOW_RUN_ID out of the environment before its first
+    # request, and a retry without it would create another run.
+    launched_run = os.environ.get("MLFLOW_RUN_ID")
+    run_id = patiently("open the run", lambda: mlflow.start_run(run_id=launched_run)).info.run_id
     client = mlflow.MlflowClient()
     try:
         train(cfg)

@@ -1,6 +1,8 @@
 """`mlflow run` of the project against a real tracking server: what a run records."""
 
+import os
 import subprocess
+import time
 
 import mlflow
 import numpy as np
@@ -9,6 +11,7 @@ from mlflow import MlflowClient
 
 from celeb_smile import IMAGE_SHAPE
 from celeb_smile.constants import ERROR_TAG, EPOCH_METRICS, FINAL_METRICS
+from tests.helpers.flaky_front import flaky_front
 from tests.helpers.project import docker_free_project
 from tests.conftest import BIN_DIR, PROJECT_DIR
 
@@ -129,3 +132,26 @@ def test_synthetic_set_is_learned_to_90_percent(mlflow_server):
     client, run = only_run(mlflow_server, "it-learning")
     best = max(m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy"))
     assert best >= 0.9, f"val_accuracy peaked at {best:.3f}"
+
+
+def test_training_waits_out_a_server_that_is_away_and_logs_to_its_own_run(
+        mlflow_server, small_params):
+    """The driver's case: the run exists (MLFLOW_RUN_ID) and the server's first answers are a
+    gateway's empty 404s. Nothing is lost, no second run appears."""
+    client = MlflowClient(mlflow_server)
+    experiment_id = client.create_experiment(f"away-{time.time_ns()}")
+    launched = client.create_run(experiment_id).info.run_id
+    argv = [str(BIN_DIR / "python"), str(PROJECT_DIR / "train.py")]
+    for name, value in small_params.items():
+        argv += [f"--{name}", value]
+    with flaky_front(mlflow_server, failures=3) as (uri, answered):
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=dict(
+            os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=launched,
+            MLFLOW_EXPERIMENT_ID=experiment_id))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert answered[:4] == [404, 404, 404, 200]
+    assert "tracking server unavailable (open the run: MlflowException" in result.stderr
+    assert [r.info.run_id for r in client.search_runs([experiment_id])] == [launched]
+    assert client.get_run(launched).info.status == "FINISHED"
+    for metric in EPOCH_METRICS:
+        assert sorted(m.step for m in client.get_metric_history(launched, metric)) == [0, 1]
