@@ -118,8 +118,49 @@ def sweep_spec_from_args(args):
 def main(argv=None) -> int:
     from contextlib import ExitStack
 
-    with ExitStack() as cleanup:  # the driver's own connection to the tracking server, if any
-        return _main(argv, cleanup)
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = KeepsWriting(sys.stdout), KeepsWriting(sys.stderr)
+    try:
+        with ExitStack() as cleanup:  # the driver's own connection to the tracking server
+            return _main(argv, cleanup)
+    finally:
+        sys.stdout, sys.stderr = streams
+
+
+class KeepsWriting:
+    """An output stream whose reader may go away (`driver.py | tee log`, Ctrl-C'd together):
+    what no one reads is dropped, so cancelling the trials still runs to its end."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.closed_by_reader = False
+
+    def write(self, text: str) -> int:
+        if not self.closed_by_reader:
+            try:
+                return self._stream.write(text)
+            except (BrokenPipeError, ValueError):  # ValueError: the file was closed
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_by_reader:
+            try:
+                self._stream.flush()
+            except (BrokenPipeError, ValueError):
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        """From now on the descriptor writes to /dev/null, so the interpreter's own flush at
+        exit does not fail either (Python's advice for SIGPIPE)."""
+        self.closed_by_reader = True
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError):
+            pass
+
+    def __getattr__(self, name):  # isatty, fileno, encoding...: the stream's own
+        return getattr(self._stream, name)
 
 
 def _main(argv, cleanup) -> int:

@@ -16,10 +16,11 @@ def sweep_runs(client, experiment: str):
 
 
 def interrupt_when_training(process, client, experiment: str, signum: int,
-                            timeout: float) -> tuple[bool, str]:
-    """Once a trial of `experiment` has logged an epoch, send `signum` to the driver process.
-    Returns (whether a trial trained in time, everything the driver printed); a driver that
-    never got there, or outlives the signal, is killed."""
+                            timeout: float, reader_gone: bool = False) -> tuple[bool, str]:
+    """Once a trial of `experiment` has logged an epoch, send `signum` to the driver process
+    (after closing its output pipe if `reader_gone`, as a Ctrl-C'd `| tee` does). Returns
+    (whether a trial trained in time, everything the driver printed); a driver that never got
+    there, or outlives the signal, is killed."""
     trained = False
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -27,9 +28,18 @@ def interrupt_when_training(process, client, experiment: str, signum: int,
         runs = client.search_runs([found.experiment_id]) if found else []
         if any("loss" in r.data.metrics for r in runs):
             trained = True
+            if reader_gone:
+                process.stdout.close()
             process.send_signal(signum)
             break
         time.sleep(1)
+    if reader_gone and trained:
+        try:
+            process.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        return trained, ""
     try:
         output, _ = process.communicate(timeout=180 if trained else 1)
     except subprocess.TimeoutExpired:

@@ -1,14 +1,13 @@
 """driver.py on the local backend against a real tracking server: nesting, failures, resume,
 the best run (nothing registered without --promote), plots and cancellation."""
 
-import re
 import signal
 import subprocess
 
 import pytest
 from mlflow import MlflowClient
 
-from celeb_smile.constants import STOPPED_TAG
+from celeb_smile.constants import PID_TAG, STOPPED_TAG
 from tests.conftest import BIN_DIR, PROJECT_DIR
 from tests.helpers.sweeps import interrupt_when_training, sweep_runs
 
@@ -68,22 +67,26 @@ def test_sweep_nests_trials_reports_failures_tags_the_best_and_resumes(
     assert len(sweep_runs(client, "it-sweep")[1]) == 6  # nothing ran again
 
 
-def test_interrupted_sweep_kills_its_trials_and_exits_cleanly(mlflow_server, tmp_path):
-    process = driver(mlflow_server, tmp_path, "--experiment", "it-cancel",
+@pytest.mark.parametrize("reader_gone", [False, True], ids=["output-read", "output-pipe-closed"])
+def test_interrupted_sweep_kills_its_trials_and_exits_cleanly(mlflow_server, tmp_path,
+                                                              reader_gone):
+    """Also when whatever read the driver's output went away with the Ctrl-C (`| tee`)."""
+    experiment = f"it-cancel-{reader_gone}"
+    process = driver(mlflow_server, tmp_path, "--experiment", experiment,
                      "--grid", "seed=1,2,3", "--param", "epochs=50",
                      "--param", "training_samples=256", wait=False)
     client = MlflowClient(mlflow_server)
-    trained, output = interrupt_when_training(process, client, "it-cancel", signal.SIGINT, 180)
+    trained, output = interrupt_when_training(process, client, experiment, signal.SIGINT, 180,
+                                              reader_gone=reader_gone)
     assert trained, f"no trial trained an epoch within 180s:\n{output[-3000:]}"
     assert process.returncode == 130, output[-3000:]
-    _, children = sweep_runs(client, "it-cancel")
+    _, children = sweep_runs(client, experiment)
     assert len(children) == 2  # max-parallel 2; the third was never submitted
     assert {c.info.status for c in children} == {"KILLED"}
-    pids = re.findall(r"submitted \(pid (\d+)\)", output)
-    assert len(pids) == 2, output[-3000:]
-    for pid in pids:  # each trial leads its own process group: nothing of it may be left
-        leftover = subprocess.run(["pgrep", "-g", pid], capture_output=True, text=True)
-        assert leftover.returncode == 1, f"processes of trial {pid} left: {leftover.stdout}"
+    for child in children:  # each trial leads its own process group: nothing of it may be left
+        group = child.data.tags[PID_TAG]
+        leftover = subprocess.run(["pgrep", "-g", group], capture_output=True, text=True)
+        assert leftover.returncode == 1, f"processes of trial {group} left: {leftover.stdout}"
 
 
 def test_a_hopeless_trial_is_stopped_early_while_the_good_one_finishes(mlflow_server, tmp_path):
