@@ -70,9 +70,10 @@ class Sweep:
         self.seconds_before = 0.0  # wall time of earlier drivers of this sweep
         self.started = time.monotonic()
         self._finished_elsewhere: dict | None = None
-        # Trials that ended and whose end is not on their run yet: index -> (tags to add,
-        # the run's status when the trial ended). Recorded once freed slots are refilled.
-        self._unrecorded: dict[int, tuple[dict, str]] = {}
+        # Trials that ended and whose end is not on their run yet: index -> (tags to add, the
+        # run's status when the trial ended, whether its history is read to the last epoch).
+        # Recorded once the freed slots are refilled.
+        self._unrecorded: dict[int, tuple[dict, str, bool]] = {}
         self._snapshots: dict = {}  # run id -> the run as this poll read it
         self._note_written = 0.0  # time.monotonic() of the last rewrite of the parent's note
         self.lost = ""  # why the sweep gave up on the tracking server
@@ -286,7 +287,7 @@ class Sweep:
             self.console.print(f"[red]could not cancel the trials: {cancel_error}[/]")
         for trial in in_flight:
             trial.state, trial.reason, trial.ended = S.FAILED, self.lost, time.monotonic()
-            self._unrecorded[trial.index] = ({}, "RUNNING")
+            self._unrecorded[trial.index] = ({}, "RUNNING", False)
         self.tracking.stop = self.hard_stop
         try:
             self._record_ended()
@@ -502,7 +503,9 @@ class Sweep:
         if trial.run_id:
             run = self._snapshots.get(trial.run_id) or self.tracking.snapshot(trial.run_id)
             self._settle(trial, run)
-            self._unrecorded[trial.index] = (tags or {}, run.status)
+            last_step = run.steps.get(self.spec.objective.metric, -1)
+            self._unrecorded[trial.index] = (tags or {}, run.status,
+                                             last_step + 1 <= len(trial.history))
         self.progress.event(trial, str(trial.state) + (f": {trial.reason}" if trial.reason
                                                        else ""))
 
@@ -523,11 +526,10 @@ class Sweep:
         """Put every ended trial's end on its run. Unavailable: the sweep gives up (the rest
         stay in `_unrecorded`)."""
         for trial in [t for t in self.trials if t.index in self._unrecorded]:
-            tags, run_status = self._unrecorded[trial.index]
-            self._record_end(trial, tags, run_status)
+            self._record_end(trial, *self._unrecorded[trial.index])
             del self._unrecorded[trial.index]
 
-    def _record_end(self, trial: Trial, tags: dict, run_status: str) -> None:
+    def _record_end(self, trial: Trial, tags: dict, run_status: str, history_read: bool) -> None:
         self._save_log(trial)
         if trial.state != S.FINISHED:
             self.tracking.log_tags(trial.run_id, {REASON_TAG: trial.reason, **tags})
@@ -536,8 +538,9 @@ class Sweep:
                                 patience=30)
         if run_status in ("RUNNING", "SCHEDULED"):
             self.tracking.end_run(trial.run_id, trial.state.mlflow_status)
-        history = self.tracking.histories([trial.run_id], self.spec.objective.metric)
-        trial.history = history.get(trial.run_id, trial.history)
+        if not history_read:
+            history = self.tracking.histories([trial.run_id], self.spec.objective.metric)
+            trial.history = history.get(trial.run_id, trial.history)
         trial.handle = None
 
     def _rewrite_note(self, every_s: float = 0.0) -> None:
