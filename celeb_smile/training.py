@@ -41,7 +41,8 @@ def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
     model.fit(splits["train"], validation_data=splits["validation"], epochs=cfg.epochs,
               callbacks=[EpochMetricsLogger()], verbose=verbose)
     test_loss, test_accuracy = model.evaluate(splits["test"], verbose=0)
-    log_metrics_once("log the test metrics", {"test_loss": test_loss, "test_accuracy": test_accuracy})
+    log_metrics_once("log the test metrics",
+                     {"test_loss": test_loss, "test_accuracy": test_accuracy})
     example = next(iter(splits["validation"]))[0].numpy()[:1]
     patiently("log the model", lambda: log_model(model, example_batch=example))
     return model

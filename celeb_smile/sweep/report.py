@@ -19,8 +19,8 @@ from rich.table import Table
 
 from celeb_smile.constants import (BEST_RUN_TAG, EXPERIMENT_KIND_MODEL_TRAINING,
                                    EXPERIMENT_KIND_TAG, REGISTERED_MODEL, TrialState)
-from celeb_smile.sweep import plots, promotion
 from celeb_smile.retry import Unavailable
+from celeb_smile.sweep import plots, promotion
 from celeb_smile.sweep.progress import STATE_WORDS, label, params_label, styled_state
 
 __all__ = ["prepare_experiment", "update_note", "finish", "params_label", "ranked",

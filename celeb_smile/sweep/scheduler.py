@@ -20,10 +20,10 @@ from celeb_smile.constants import (CODE_VERSION_TAG, ERROR_TAG, EXIT_BAD_INPUT,
                                    EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIAL_FAILED, PARAMS_TAG,
                                    REASON_TAG, STOPPED_TAG, SWEEP_ID_TAG, SWEEP_RUN_TAG,
                                    TRIAL_INDEX_TAG, TrialState)
+from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep import report
 from celeb_smile.sweep.backends import LaunchError, code_version
 from celeb_smile.sweep.progress import Progress
-from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep.search import make_search
 from celeb_smile.sweep.spec import describe
 from celeb_smile.sweep.stopping import make_stopping_rule
@@ -265,7 +265,7 @@ class Sweep:
                 break
             self._submit_while_room()
             self._record_ended()
-            self._rewrite_note(every_s=NOTE_EVERY_S)
+            self._rewrite_note_now_and_then()
             if not any(t.state.in_flight for t in self.trials):
                 break
             self._keep_lease()
@@ -543,9 +543,9 @@ class Sweep:
             trial.history = history.get(trial.run_id, trial.history)
         trial.handle = None
 
-    def _rewrite_note(self, every_s: float = 0.0) -> None:
-        """The parent run's description, at most every `every_s` seconds while trials run."""
-        if time.monotonic() - self._note_written >= every_s:
+    def _rewrite_note_now_and_then(self) -> None:
+        """The parent run's description, at most every NOTE_EVERY_S while trials run."""
+        if time.monotonic() - self._note_written >= NOTE_EVERY_S:
             report.update_note(self, self.parent_id)
             self._note_written = time.monotonic()
 

@@ -14,8 +14,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 
 from celeb_smile.constants import LEASE_TAG, SUBMISSION_TAG, SWEEP_ID_TAG
-from celeb_smile.sweep.processes import alive
 from celeb_smile.retry import Unavailable, retrying, tracking_transient
+from celeb_smile.sweep.processes import alive
 
 # The driver's own MLflow client: each HTTP call gives up after this long, and is not retried
 # by MLflow (this module retries, with backoff and an eye on Ctrl-C). Set before any request.
@@ -173,7 +173,8 @@ class Tracking:
                 Metric(metric, item.get("value", math.nan), item["timestamp"], item["step"]))
         return points
 
-    def log_tags(self, run_id: str, tags: dict[str, str], params: dict[str, str] = None) -> None:
+    def log_tags(self, run_id: str, tags: dict[str, str],
+                 params: dict[str, str] | None = None) -> None:
         """Tags (and parameters) in one request; nothing to log, no request."""
         if not tags and not params:
             return
@@ -187,11 +188,8 @@ class Tracking:
     def end_run(self, run_id: str, status: str) -> None:
         self.patient("end a run", lambda: self.client.set_terminated(run_id, status))
 
-    def get_run(self, run_id: str):
-        return self.patient("read a run", lambda: self.client.get_run(run_id))
-
     def snapshot(self, run_id: str) -> RunSnapshot:
-        return snapshot(self.get_run(run_id))
+        return snapshot(self.patient("read a run", lambda: self.client.get_run(run_id)))
 
 
 def snapshot(run) -> RunSnapshot:

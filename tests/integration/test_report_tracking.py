@@ -64,7 +64,8 @@ def test_a_rerun_that_ran_nothing_leaves_summary_and_plots_as_they_were(client, 
                                                                         monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep, parent = recorded_sweep(client, [[0.5, 0.6], [0.5, 0.9], [0.5, 0.7]])
-    sweep.trials[2].state, sweep.trials[2].reason = TrialState.STOPPED, "below the median at epoch 2"
+    stopped = sweep.trials[2]
+    stopped.state, stopped.reason = TrialState.STOPPED, "below the median at epoch 2"
     report.finish(sweep, parent)
     first = open(summary_of(client, parent)).read()
     plot_sizes = {a.path: a.file_size for a in client.list_artifacts(parent, "plots")}
