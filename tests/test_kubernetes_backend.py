@@ -5,8 +5,9 @@ import pytest
 import yaml
 
 from celeb_smile import deploy
-from celeb_smile.constants import RUN_LABEL, SWEEP_LABEL, TRAINER_HTTP_ENV
-from celeb_smile.sweep.backends.kubernetes import KubernetesBackend, job_name
+from celeb_smile.constants import RUN_LABEL, SWEEP_LABEL, TRAINER_HTTP_ENV, TrialState
+from celeb_smile.sweep.backends.kubernetes import (JobWatch, KubernetesBackend,
+                                                 KubernetesTrial, job_name)
 from celeb_smile.sweep.trial import Trial
 from tests.conftest import PROJECT_DIR
 
@@ -80,3 +81,21 @@ def test_no_kubeconfig_is_a_preparation_error(tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     with pytest.raises(PreparationError, match="no Kubernetes credentials: not in a pod"):
         kubernetes_clients()
+
+
+def observed(job_conditions, pod_phase):
+    from kubernetes.client import (V1Job, V1JobCondition, V1JobStatus, V1ObjectMeta, V1Pod,
+                                   V1PodStatus)
+
+    watch = JobWatch(core=None, batch=None, namespace="ns", sweep_id="abc123")
+    job = V1Job(metadata=V1ObjectMeta(name="job-1"), status=V1JobStatus(conditions=[
+        V1JobCondition(type=kind, status="True") for kind in job_conditions]))
+    pod = V1Pod(metadata=V1ObjectMeta(name="job-1-x"), status=V1PodStatus(phase=pod_phase))
+    return watch._observe(KubernetesTrial("r" * 32, "ns", "job-1"), job, [pod]).state
+
+
+def test_a_succeeded_pod_ends_its_trial_before_the_job_is_marked_complete():
+    assert observed([], "Succeeded") == TrialState.FINISHED
+    assert observed(["Complete"], "Succeeded") == TrialState.FINISHED
+    assert observed([], "Running") == TrialState.RUNNING
+    assert observed([], "Pending") == TrialState.SCHEDULED

@@ -4,6 +4,7 @@ dead driver's trials, cancellation, the lease."""
 
 import io
 import shutil
+import threading
 import time
 
 import mlflow
@@ -70,6 +71,31 @@ def test_every_trial_runs_once_with_at_most_max_parallel_in_flight(store):
         history = store.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == [0, 1, 2]  # one point per epoch, no duplicates
         assert store.list_artifacts(run.info.run_id, "logs")[0].path == "logs/trial.log"
+
+
+def test_the_loop_refills_slots_while_an_ended_trials_end_is_still_being_recorded(store):
+    """The first trial's log is read only once the third trial was launched: possible only if
+    recording runs beside the loop (a loop that recorded inline would wait here, then fail)."""
+    third_launched, waits = threading.Event(), []
+
+    def launch(trial, *args):
+        handle = FakeBackend.launch(backend, trial, *args)
+        if len(backend.launched) == 3:
+            third_launched.set()
+        return handle
+
+    def hold_the_first_log(backend, handle):
+        if handle is backend.launched[0]:
+            waits.append(third_launched.wait(timeout=60))
+
+    backend = FakeBackend(on_logs=hold_the_first_log)
+    backend.launch = launch
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]}, max_parallel=1)
+    assert sweep.run() == EXIT_OK
+    assert waits == [True]
+    assert sorted(r.info.status for r in trial_runs(store)) == ["FINISHED"] * 3
+    first = store.get_run(backend.launched[0].run_id)
+    assert store.list_artifacts(first.info.run_id, "logs")[0].path == "logs/trial.log"
 
 
 def test_no_submission_after_the_failures_budget_is_spent(store):

@@ -24,6 +24,7 @@ from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep import report
 from celeb_smile.sweep.backends import LaunchError, code_version
 from celeb_smile.sweep.progress import Progress
+from celeb_smile.sweep.recorder import Recorder
 from celeb_smile.sweep.search import make_search
 from celeb_smile.sweep.spec import describe
 from celeb_smile.sweep.stopping import make_stopping_rule
@@ -72,8 +73,9 @@ class Sweep:
         self._finished_elsewhere: dict | None = None
         # Trials that ended and whose end is not on their run yet: index -> (tags to add, the
         # run's status when the trial ended, whether its history is read to the last epoch).
-        # Recorded once the freed slots are refilled.
+        # The recorder writes them while the loop goes on.
         self._unrecorded: dict[int, tuple[dict, str, bool]] = {}
+        self.recorder = Recorder()
         self._snapshots: dict = {}  # run id -> the run as this poll read it
         self._note_written = 0.0  # time.monotonic() of the last rewrite of the parent's note
         self.lost = ""  # why the sweep gave up on the tracking server
@@ -253,7 +255,8 @@ class Sweep:
         with self.progress:
             try:
                 self._loop()
-                self._record_ended()
+                self.recorder.drain()
+                self.recorder.check()
             except Unavailable as error:
                 self._give_up(error)
             self.progress.refresh()
@@ -264,7 +267,7 @@ class Sweep:
             if self.interrupted.is_set():
                 break
             self._submit_while_room()
-            self._record_ended()
+            self.recorder.check()
             self._rewrite_note_now_and_then()
             if not any(t.state.in_flight for t in self.trials):
                 break
@@ -289,6 +292,8 @@ class Sweep:
             trial.state, trial.reason, trial.ended = S.FAILED, self.lost, time.monotonic()
             self._unrecorded[trial.index] = ({}, "RUNNING", False)
         self.tracking.stop = self.hard_stop
+        self.recorder.drain(skip_rest=True)  # its current write ends; this thread does the rest
+        self.recorder.forgive()
         try:
             self._record_ended()
         except Unavailable:
@@ -496,8 +501,7 @@ class Sweep:
 
     def _end(self, trial: Trial, state: TrialState, reason: str = "", tags=None) -> None:
         """Settle how a trial ended, from its run as this poll read it, and free its slot.
-        Recording that on the run (log, tags, status, the Job deleted) waits for
-        `_record_ended`, after the slot is refilled."""
+        Recording that on the run (log, tags, status, the Job deleted) is the recorder's."""
         trial.ended = time.monotonic()
         trial.state, trial.reason = state, reason
         if trial.run_id:
@@ -506,6 +510,7 @@ class Sweep:
             last_step = run.steps.get(self.spec.objective.metric, -1)
             self._unrecorded[trial.index] = (tags or {}, run.status,
                                              last_step + 1 <= len(trial.history))
+            self.recorder.submit(lambda: self._record_if_unrecorded(trial))
         self.progress.event(trial, str(trial.state) + (f": {trial.reason}" if trial.reason
                                                        else ""))
 
@@ -523,10 +528,15 @@ class Sweep:
             trial.reason += f" ({message})"
 
     def _record_ended(self) -> None:
-        """Put every ended trial's end on its run. Unavailable: the sweep gives up (the rest
-        stay in `_unrecorded`)."""
+        """Put every ended trial's end on its run, in this thread. Unavailable: the rest stay
+        in `_unrecorded`."""
         for trial in [t for t in self.trials if t.index in self._unrecorded]:
-            self._record_end(trial, *self._unrecorded[trial.index])
+            self._record_if_unrecorded(trial)
+
+    def _record_if_unrecorded(self, trial: Trial) -> None:
+        entry = self._unrecorded.get(trial.index)
+        if entry is not None:
+            self._record_end(trial, *entry)
             del self._unrecorded[trial.index]
 
     def _record_end(self, trial: Trial, tags: dict, run_status: str, history_read: bool) -> None:
@@ -544,9 +554,10 @@ class Sweep:
         trial.handle = None
 
     def _rewrite_note_now_and_then(self) -> None:
-        """The parent run's description, at most every NOTE_EVERY_S while trials run."""
+        """The parent run's description, by the recorder, at most every NOTE_EVERY_S while
+        trials run."""
         if time.monotonic() - self._note_written >= NOTE_EVERY_S:
-            report.update_note(self, self.parent_id)
+            self.recorder.submit(lambda: report.update_note(self, self.parent_id))
             self._note_written = time.monotonic()
 
     def _save_log(self, trial: Trial) -> None:

@@ -37,6 +37,7 @@ class FakeBackend:
     blips: int = 0  # launches that fail with a transient error first
     reject: bool = False  # every launch fails for good
     on_poll: object = None  # called with the backend before each observation
+    on_logs: object = None  # called with the backend and the handle before a log is read
     launched: list = field(default_factory=list)
     polls: int = 0
     max_in_flight: int = 0
@@ -98,6 +99,8 @@ class FakeBackend:
         pass
 
     def logs(self, handle) -> str:
+        if self.on_logs is not None:
+            self.on_logs(self, handle)
         return f"trained {handle.polls} epochs\n"
 
 

@@ -192,6 +192,8 @@ class JobWatch:
                                        f"DeadlineExceeded: {condition.message}")
                 return Observation(TrialState.FAILED,
                                    _pod_failure(pods) or condition.reason or "Failed")
+        if any(pod.status.phase == "Succeeded" for pod in pods):
+            return Observation(TrialState.FINISHED)  # before the Job controller says Complete
         names = {pod.metadata.name for pod in pods}
         vanished = handle.pods_seen - names
         if vanished:

@@ -1,0 +1,54 @@
+"""The sweep's slow writes (an ended trial's log, tags, status and Job clean-up; the parent
+run's description) done in order on one background thread, so the polling loop only observes,
+decides and submits, and a freed slot is refilled within one poll."""
+
+import queue
+import threading
+
+
+class Recorder:
+    """Runs jobs one after the other on a daemon thread (a second Ctrl-C never waits for it).
+    A job that raises stops the ones after it from running until `forgive`; the loop sees the
+    error through `check`."""
+
+    def __init__(self):
+        self._jobs: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+        self._skipping = False
+
+    def submit(self, job) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="sweep-recorder",
+                                            daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+
+    def check(self) -> None:
+        """Raise, in the caller's thread, what a job raised."""
+        if self.error is not None:
+            raise self.error
+
+    def drain(self, skip_rest: bool = False) -> None:
+        """Wait until every job submitted so far has run (or been skipped after an error);
+        with `skip_rest`, only the one running now."""
+        self._skipping = skip_rest
+        try:
+            self._jobs.join()
+        finally:
+            self._skipping = False
+
+    def forgive(self) -> None:
+        """Let the next jobs run again after an error."""
+        self.error = None
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if self.error is None and not self._skipping:
+                    job()
+            except BaseException as error:  # noqa: BLE001 - handed to the loop by `check`
+                self.error = error
+            finally:
+                self._jobs.task_done()
