@@ -8,7 +8,7 @@ TRAIN_IMAGE := $(REGISTRY)/celeb-smile-train:0.1.0
 # MLproject's docker_env image: `mlflow run --build-image` layers the project on it locally.
 PROJECT_IMAGE := localhost:5001/celeb-smile-train:0.1.0
 # The server's tag is k8s/kustomization.yaml's (bumped whenever the image changes).
-SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r2
+SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r3
 NAMESPACE ?= celeb-smile
 KUBECTL ?= kubectl
 PYTEST_ARGS ?=
