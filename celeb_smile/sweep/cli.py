@@ -74,7 +74,7 @@ def build_parser():
     add("--warm-start", action="store_true",
         help="seed an adaptive search (tpe) with the FINISHED runs of the same experiment made "
              "by the same code")
-    add("--poll-seconds", type=float, default=3.0, help=argparse.SUPPRESS)
+    add("--poll-seconds", type=float, help=argparse.SUPPRESS)  # default: the backend's
     add("--stats-file", help=argparse.SUPPRESS)  # benchmarks: per-poll API calls, JSON lines
     return parser
 

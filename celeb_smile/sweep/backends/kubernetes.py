@@ -44,6 +44,7 @@ class KubernetesTrial:
 class KubernetesBackend:
     name = "kubernetes"
     remote = True
+    poll_seconds = 3.0  # a poll is two list calls to the API server and one or two queries
 
     def __init__(self, backend_config: Path, cluster_tracking_uri: str, sweep_id: str,
                  build: bool = True):

@@ -31,6 +31,9 @@ class LocalTrial:
 class LocalBackend:
     name = "local"
     remote = False
+    # A poll is a process check and a query or two: cheap, so once a second (a trial that early
+    # stopping rules out trains for at most about a second more).
+    poll_seconds = 1.0
 
     def __init__(self, work_dir: Path):
         self.log_dir = Path(work_dir) / "logs"
