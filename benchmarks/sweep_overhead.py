@@ -5,6 +5,9 @@ N tiny synthetic trials at parallelism P. From the driver's own per-poll statist
   submission_s_mean               driver-side time to create a trial's run and its Job
   submit_to_first_metric_s_mean   run created -> first logged metric (pod start + TF import)
   wall_vs_ideal                   sweep wall time / (sum of trial durations / P)
+  startup_s, refill_gap_s_mean, tail_s   where the rest goes: driver start -> first run,
+                                  a run's end -> the run created in its slot, last run's end ->
+                                  the sweep's end (the report)
   api_calls_per_poll_at_1         tracking + Kubernetes requests in a poll with 1 trial in flight
   api_calls_per_poll_at_P         ... with P trials in flight (goal: the same as at 1)
 
@@ -55,6 +58,17 @@ def run_driver(experiment: str, args, stats: Path) -> float:
         sys.exit(f"driver exited {result.returncode}:\n{result.stdout[-3000:]}\n"
                  f"{result.stderr[-2000:]}")
     return time.monotonic() - started
+
+
+def refill_gaps(starts: list[float], ends: list[float], parallel: int) -> list[float]:
+    """For each run created after the first `parallel`: seconds since the earliest run end
+    not yet followed by a new run (the slot it refilled)."""
+    free = list(ends)
+    gaps = []
+    for start in starts[parallel:]:
+        freed = free.pop(0)
+        gaps.append(start - freed)
+    return gaps
 
 
 def polls(stats: Path) -> tuple[list[dict], list[float]]:
@@ -112,6 +126,12 @@ def report(client, experiment, args, driver_s, poll_stats, submits) -> None:
     print(f"sweep_wall_s: {wall:.1f}")
     print(f"ideal_wall_s: {ideal:.1f}")
     print(f"wall_vs_ideal: {wall / ideal:.2f}")
+    starts = sorted(r.info.start_time / 1000 for r in trials)
+    ends = sorted(r.info.end_time / 1000 for r in trials)
+    print(f"startup_s: {starts[0] - parent.info.start_time / 1000:.1f}")
+    gaps = refill_gaps(starts, ends, args.parallel)
+    print(f"refill_gap_s_mean: {statistics.mean(gaps):.1f} (max {max(gaps):.1f})")
+    print(f"tail_s: {parent.info.end_time / 1000 - ends[-1]:.1f}")
     for in_flight in sorted(by_in_flight):
         calls = by_in_flight[in_flight]
         print(f"api_calls_per_poll_at_{in_flight}: {statistics.mean(calls):.2f} "

@@ -18,6 +18,7 @@ from celeb_smile.constants import (CODE_VERSION_TAG, EXIT_BAD_INPUT, EXIT_INTERR
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep.scheduler import Sweep
 from celeb_smile.sweep.spec import SweepSpec
+from celeb_smile.sweep.trial import Trial
 from tests.helpers.fake_backend import ADOPT_TAG, FakeBackend
 
 
@@ -46,7 +47,7 @@ def make_sweep(backend, grid, **settings) -> Sweep:
                      max_failures=settings.pop("max_failures", None))
     console = Console(file=io.StringIO(), width=200)
     return Sweep(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
-                 poll_seconds=0, **settings)
+                 **{"poll_seconds": 0, **settings})
 
 
 def trial_runs(client) -> list:
@@ -96,6 +97,26 @@ def test_the_loop_refills_slots_while_an_ended_trials_end_is_still_being_recorde
     assert sorted(r.info.status for r in trial_runs(store)) == ["FINISHED"] * 3
     first = store.get_run(backend.launched[0].run_id)
     assert store.list_artifacts(first.info.run_id, "logs")[0].path == "logs/trial.log"
+
+
+def test_a_slot_is_refilled_once_its_trial_ended_its_run_before_its_pod_exits(store):
+    backend = FakeBackend(exit_polls=50)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]}, max_parallel=1)
+    assert sweep.run() == EXIT_OK
+    assert backend.polls < 50  # never waited for a "pod" to exit
+    assert sorted(r.info.status for r in trial_runs(store)) == ["FINISHED"] * 3
+    assert [t.state for t in sweep.trials] == [TrialState.FINISHED] * 3
+
+
+def test_polls_come_sooner_while_a_trial_is_past_its_last_epoch(store):
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01"]}, poll_seconds=3.0)
+    trial = Trial(1, {"epochs": "3"}, state=TrialState.RUNNING, history=[0.5, 0.6])
+    sweep.trials.append(trial)
+    assert sweep._poll_delay() == 3.0
+    trial.history.append(0.7)
+    assert sweep._poll_delay() < 1.0
+    trial.state = TrialState.FINISHED
+    assert sweep._poll_delay() == 3.0
 
 
 def test_no_submission_after_the_failures_budget_is_spent(store):

@@ -35,6 +35,7 @@ S = TrialState
 LEASE_RENEW_SECONDS = 30
 LAUNCH_PATIENCE_S = 120  # a submission is retried this long before its trial fails
 NOTE_EVERY_S = 30  # the parent's description is rewritten at most this often while trials run
+FINISHING_POLL_S = 0.5  # the poll interval while a trial is past its last epoch (ends soon)
 
 
 class HardStop(BaseException):
@@ -43,14 +44,14 @@ class HardStop(BaseException):
 
 class Sweep:
     def __init__(self, spec, backend, console, *, tracking_uri: str, rerun=False,
-                 poll_seconds=3.0, promote=False, warm_start=False,
+                 poll_seconds=None, promote=False, warm_start=False,
                  pending_timeout=900.0, outage_seconds=300.0, stats_path=None):
         self.spec = spec
         self.backend = backend
         self.console = console
         self.tracking_uri = tracking_uri
         self.rerun = rerun
-        self.poll_seconds = poll_seconds
+        self.poll_seconds = backend.poll_seconds if poll_seconds is None else poll_seconds
         self.promote = promote
         self.warm_start = warm_start
         self.pending_timeout = pending_timeout
@@ -273,9 +274,15 @@ class Sweep:
                 break
             self._keep_lease()
             self.progress.refresh()
-            self.interrupted.wait(self.poll_seconds)
+            self.interrupted.wait(self._poll_delay())
         if self.interrupted.is_set():
             self._cancel_in_flight("sweep interrupted", S.KILLED)
+
+    def _poll_delay(self) -> float:
+        """`poll_seconds`, shorter while a trial has logged its last epoch: it ends within
+        seconds (test evaluation, the model's upload), and its slot is refilled when it does."""
+        finishing = any(t.state == S.RUNNING and t.past_last_epoch for t in self.trials)
+        return min(self.poll_seconds, FINISHING_POLL_S) if finishing else self.poll_seconds
 
     def _give_up(self, error: Unavailable) -> None:
         """The tracking server stayed away too long: stop every Job, fail their trials, and
@@ -320,10 +327,16 @@ class Sweep:
                 continue
             if seen.state.ended:
                 self._end(trial, seen.state, seen.reason)
+            elif self._run_finished(trial):  # its pod or process only has to exit
+                self._end(trial, S.FINISHED)
             else:
                 self._update(trial, seen)
         self._apply_stopping_rule()
         self._check_goal()
+
+    def _run_finished(self, trial: Trial) -> bool:
+        snapshot = self._snapshots.get(trial.run_id)
+        return snapshot is not None and snapshot.status == "FINISHED"
 
     def _observe(self, trials) -> dict:
         try:

@@ -14,7 +14,6 @@ import statistics
 from dataclasses import dataclass
 from typing import Protocol
 
-from celeb_smile.config import TrainConfig, parse_value
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep.spec import SweepSpec
 from celeb_smile.sweep.trial import Trial
@@ -59,7 +58,7 @@ class _Rule:
         decisions = []
         for trial in trials:
             if (trial.state != TrialState.RUNNING or trial.index in self._stopped
-                    or trial.warm_start or _last_epoch_done(trial)):
+                    or trial.warm_start or trial.past_last_epoch):  # nothing to save
                 continue
             decision = self._judge(trial, trials)
             if decision is not None:
@@ -160,15 +159,6 @@ class ASHA(_Rule):
                     f"is not in the best {keep} of {len(reached)} trials at rung "
                     f"{rung}, whose cut-off is")
         return None
-
-
-def _last_epoch_done(trial: Trial) -> bool:
-    """A trial past its last epoch only evaluates and saves: stopping it would save nothing."""
-    try:
-        epochs = parse_value("epochs", trial.params["epochs"])
-    except (KeyError, ValueError):
-        epochs = TrainConfig.epochs
-    return trial.epochs_done >= epochs
 
 
 def _mean(values: list[float]) -> float:

@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from celeb_smile.config import TrainConfig, parse_value
 from celeb_smile.constants import TrialState
 
 
@@ -34,6 +35,15 @@ class Trial:
     @property
     def epochs_done(self) -> int:
         return len(self.history)
+
+    @property
+    def past_last_epoch(self) -> bool:
+        """Every epoch logged: it only evaluates on the test split and saves its model now."""
+        try:
+            epochs = parse_value("epochs", self.params["epochs"])
+        except (KeyError, ValueError):
+            epochs = TrainConfig.epochs
+        return self.epochs_done >= epochs
 
     def objective(self, metric: str) -> float | None:
         """The trial's final (latest) value of `metric`, None if absent or NaN."""

@@ -21,6 +21,7 @@ class FakeHandle:
     polls: int = 0
     deleted: bool = False
     cancelled: bool = False
+    exiting: int = -1  # polls its "pod" still runs after its run ended (-1: not ended yet)
 
     def describe(self) -> str:
         return f"fake {self.run_id[:8]}"
@@ -33,11 +34,13 @@ class FakeHandle:
 @dataclass
 class FakeBackend:
     name: str = "fake"
+    poll_seconds: float = 0.0
     remote: bool = False
     blips: int = 0  # launches that fail with a transient error first
     reject: bool = False  # every launch fails for good
     on_poll: object = None  # called with the backend before each observation
     on_logs: object = None  # called with the backend and the handle before a log is read
+    exit_polls: int = 0  # polls a trial still shows RUNNING after ending its run
     launched: list = field(default_factory=list)
     polls: int = 0
     max_in_flight: int = 0
@@ -85,7 +88,12 @@ class FakeBackend:
             self.client.log_metric(handle.run_id, "val_accuracy", value, step=handle.polls)
             handle.polls += 1
             return Observation(TrialState.RUNNING)
-        self.client.set_terminated(handle.run_id, "FINISHED")
+        if handle.exiting < 0:
+            self.client.set_terminated(handle.run_id, "FINISHED")
+            handle.exiting = self.exit_polls
+        if handle.exiting > 0:
+            handle.exiting -= 1
+            return Observation(TrialState.RUNNING)
         return Observation(TrialState.FINISHED, exit_code=0)
 
     def cancel(self, handle) -> None:
