@@ -15,7 +15,6 @@ class Recorder:
         self._jobs: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
-        self._skipping = False
 
     def submit(self, job) -> None:
         if self._thread is None:
@@ -29,14 +28,18 @@ class Recorder:
         if self.error is not None:
             raise self.error
 
-    def drain(self, skip_rest: bool = False) -> None:
-        """Wait until every job submitted so far has run (or been skipped after an error);
-        with `skip_rest`, only the one running now."""
-        self._skipping = skip_rest
-        try:
-            self._jobs.join()
-        finally:
-            self._skipping = False
+    def drain(self) -> None:
+        """Wait until every job submitted so far has run (or been skipped after an error)."""
+        self._jobs.join()
+
+    def discard_queued(self) -> None:
+        """Drop the jobs that have not started (the running one ends as it will)."""
+        while True:
+            try:
+                self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            self._jobs.task_done()
 
     def forgive(self) -> None:
         """Let the next jobs run again after an error."""
@@ -46,7 +49,7 @@ class Recorder:
         while True:
             job = self._jobs.get()
             try:
-                if self.error is None and not self._skipping:
+                if self.error is None:
                     job()
             except BaseException as error:  # noqa: BLE001 - handed to the loop by `check`
                 self.error = error

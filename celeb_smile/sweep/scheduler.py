@@ -17,8 +17,8 @@ import mlflow
 
 from celeb_smile.config import config_from_params
 from celeb_smile.constants import (CODE_VERSION_TAG, ERROR_TAG, EXIT_BAD_INPUT,
-                                   EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIAL_FAILED, PARAMS_TAG,
-                                   REASON_TAG, STOPPED_TAG, SWEEP_ID_TAG, SWEEP_RUN_TAG,
+                                   EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIAL_FAILED,
+                                   OUTAGE_PATIENCE_S, PARAMS_TAG, REASON_TAG, STOPPED_TAG, SWEEP_ID_TAG, SWEEP_RUN_TAG,
                                    TRIAL_INDEX_TAG, TrialState)
 from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep import report
@@ -45,7 +45,7 @@ class HardStop(BaseException):
 class Sweep:
     def __init__(self, spec, backend, console, *, tracking_uri: str, rerun=False,
                  poll_seconds=None, promote=False, warm_start=False,
-                 pending_timeout=900.0, outage_seconds=300.0, stats_path=None):
+                 pending_timeout=900.0, outage_seconds=OUTAGE_PATIENCE_S, stats_path=None):
         self.spec = spec
         self.backend = backend
         self.console = console
@@ -299,7 +299,8 @@ class Sweep:
             trial.state, trial.reason, trial.ended = S.FAILED, self.lost, time.monotonic()
             self._unrecorded[trial.index] = ({}, "RUNNING", False)
         self.tracking.stop = self.hard_stop
-        self.recorder.drain(skip_rest=True)  # its current write ends; this thread does the rest
+        self.recorder.discard_queued()  # this thread records them below
+        self.recorder.drain()  # the write under way ends
         self.recorder.forgive()
         try:
             self._record_ended()
