@@ -75,9 +75,9 @@ def test_every_trial_runs_once_with_at_most_max_parallel_in_flight(store):
 
 
 def test_the_loop_refills_slots_while_an_ended_trials_end_is_still_being_recorded(store):
-    """The first trial's log is read only once the third trial was launched: possible only if
-    recording runs beside the loop (a loop that recorded inline would wait here, then fail)."""
-    third_launched, waits = threading.Event(), []
+    """The first trial's log is read beside the loop, which meanwhile launches the third trial
+    (a loop that recorded inline would read it itself, with only two trials launched)."""
+    third_launched, seen = threading.Event(), []
 
     def launch(trial, *args):
         handle = FakeBackend.launch(backend, trial, *args)
@@ -87,13 +87,16 @@ def test_the_loop_refills_slots_while_an_ended_trials_end_is_still_being_recorde
 
     def hold_the_first_log(backend, handle):
         if handle is backend.launched[0]:
-            waits.append(third_launched.wait(timeout=60))
+            inline = threading.current_thread() is threading.main_thread()
+            if not inline:
+                third_launched.wait(timeout=600)  # a hang guard: `seen` says what happened
+            seen.append(("inline" if inline else "beside", len(backend.launched)))
 
     backend = FakeBackend(on_logs=hold_the_first_log)
     backend.launch = launch
     sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]}, max_parallel=1)
     assert sweep.run() == EXIT_OK
-    assert waits == [True]
+    assert seen == [("beside", 3)]
     assert sorted(r.info.status for r in trial_runs(store)) == ["FINISHED"] * 3
     first = store.get_run(backend.launched[0].run_id)
     assert store.list_artifacts(first.info.run_id, "logs")[0].path == "logs/trial.log"

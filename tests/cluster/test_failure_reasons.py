@@ -123,7 +123,7 @@ def test_a_deleted_job_or_pod_fails_its_trial_within_one_poll(watch):
 
 def test_an_unschedulable_pod_waits_with_its_reason(watch):
     trial = start_job(watch, 21, "too-big", ["true"], cpu="64")
-    seen = observe_until(watch, [trial], lambda seen: seen[trial.index].reason, timeout=60)
+    seen = observe_until(watch, [trial], lambda seen: seen[trial.index].reason)
     assert seen[trial.index].state == TrialState.SCHEDULED
     assert "Unschedulable" in seen[trial.index].reason
     assert "cpu" in seen[trial.index].reason.lower()

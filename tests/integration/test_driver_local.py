@@ -76,9 +76,9 @@ def test_interrupted_sweep_kills_its_trials_and_exits_cleanly(mlflow_server, tmp
                      "--grid", "seed=1,2,3", "--param", "epochs=50",
                      "--param", "training_samples=256", wait=False)
     client = MlflowClient(mlflow_server)
-    trained, output = interrupt_when_training(process, client, experiment, signal.SIGINT, 180,
+    trained, output = interrupt_when_training(process, client, experiment, signal.SIGINT, 900,
                                               reader_gone=reader_gone)
-    assert trained, f"no trial trained an epoch within 180s:\n{output[-3000:]}"
+    assert trained, f"no trial trained an epoch (driver ended or hung):\n{output[-3000:]}"
     assert process.returncode == 130, output[-3000:]
     _, children = sweep_runs(client, experiment)
     assert len(children) == 2  # max-parallel 2; the third was never submitted
