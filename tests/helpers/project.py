@@ -4,7 +4,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import PROJECT_DIR
+from tests.conftest import BIN_DIR, PROJECT_DIR
 
 
 def docker_free_project(dest: Path, source: Path = PROJECT_DIR) -> Path:
@@ -19,3 +19,11 @@ def docker_free_project(dest: Path, source: Path = PROJECT_DIR) -> Path:
         if not link.is_symlink():
             link.symlink_to(source / name)
     return dest
+
+
+def train_argv(params: dict[str, str], *flags: str) -> list[str]:
+    """`python train.py` (the venv's) with `flags`, then `--name value` for each parameter."""
+    argv = [str(BIN_DIR / "python"), str(PROJECT_DIR / "train.py"), *flags]
+    for name, value in params.items():
+        argv += [f"--{name}", value]
+    return argv

@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from celeb_smile import IMAGE_SHAPE
 from celeb_smile.constants import ERROR_TAG, EPOCH_METRICS, FINAL_METRICS
 from tests.helpers.flaky_front import flaky_front
-from tests.helpers.project import docker_free_project
+from tests.helpers.project import docker_free_project, train_argv
 from tests.conftest import BIN_DIR, PROJECT_DIR
 
 pytestmark = pytest.mark.integration
@@ -95,9 +95,7 @@ def test_a_run_recording_a_different_value_is_refused_with_both_values(
     client = MlflowClient(mlflow_server)
     run_id = client.create_run(client.create_experiment("it-different")).info.run_id
     client.log_param(run_id, "learning_rate", "0.5")
-    argv = [str(BIN_DIR / "python"), "train.py", "--learning_rate", "1e-3"]
-    for name, value in small_params.items():
-        argv += [f"--{name}", value]
+    argv = train_argv(small_params, "--learning_rate", "1e-3")
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_RUN_ID": run_id,
            "PATH": f"{BIN_DIR}:/usr/bin:/bin"}
     result = subprocess.run(argv, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
@@ -121,9 +119,7 @@ def test_missing_celeb_a_fails_the_run_with_a_clear_message(
 def test_synthetic_set_is_learned_to_90_percent(mlflow_server):
     """The learning test: the whole `python train.py` process. How fast it gets there is a
     benchmark (benchmarks/training_speed.py, time to val_accuracy >= 0.9), not an assertion."""
-    argv = [str(BIN_DIR / "python"), "train.py"]
-    for name, value in LEARNING_PARAMS.items():
-        argv += [f"--{name}", value]
+    argv = train_argv(LEARNING_PARAMS)
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "it-learning",
            "PATH": f"{BIN_DIR}:/usr/bin:/bin"}
     result = subprocess.run(argv, cwd=PROJECT_DIR, env=env, capture_output=True, text=True,
@@ -141,9 +137,7 @@ def test_training_waits_out_a_server_that_is_away_and_logs_to_its_own_run(
     client = MlflowClient(mlflow_server)
     experiment_id = client.create_experiment(f"away-{time.time_ns()}")
     launched = client.create_run(experiment_id).info.run_id
-    argv = [str(BIN_DIR / "python"), str(PROJECT_DIR / "train.py")]
-    for name, value in small_params.items():
-        argv += [f"--{name}", value]
+    argv = train_argv(small_params)
     with flaky_front(mlflow_server, failures=3) as (uri, answered):
         result = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=dict(
             os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=launched,
