@@ -1,7 +1,6 @@
 """Data: CelebA-shaped, labelled, deterministic; the real CelebA loader on tfds mock data."""
 
 import numpy as np
-import pytest
 import tensorflow as tf
 
 from celeb_smile import IMAGE_SHAPE
@@ -44,7 +43,7 @@ def test_splits_are_batched_and_disjoint():
 
 
 def test_celeb_a_loader_reads_tfds_split_and_smiling_attribute(tmp_path):
-    tfds = pytest.importorskip("tensorflow_datasets")
+    import tensorflow_datasets as tfds
     with tfds.testing.mock_data(num_examples=12, data_dir=str(tmp_path)):
         images, labels = as_arrays(celeb_a_examples("validation", 5, data_dir=str(tmp_path)))
     assert images.shape == (5, *IMAGE_SHAPE) and images.dtype == np.uint8

@@ -19,6 +19,7 @@ from tests.helpers.auth_checks import (
     representative_routes, trainer_outcomes, unauthenticated_with,
 )
 from tests.helpers.pod_security import pod_specs, restricted_violations
+from tests.helpers.requirements import missing
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def rendered(tmp_path_factory) -> list[dict]:
         result = subprocess.run(["kubectl", "kustomize", str(directory)], env=env,
                                 capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
-        pytest.skip("kubectl is not installed: cannot render the manifests")
+        missing("kubectl is not installed: cannot render the manifests")
     assert result.returncode == 0, result.stderr
     manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
     return manifests + [yaml.safe_load(overlay.job_template.read_text())]
