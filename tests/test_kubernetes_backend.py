@@ -7,7 +7,7 @@ import yaml
 from celeb_smile import deploy
 from celeb_smile.constants import RUN_LABEL, SWEEP_LABEL, TRAINER_HTTP_ENV, TrialState
 from celeb_smile.sweep.backends.kubernetes import (JobWatch, KubernetesBackend,
-                                                 KubernetesTrial, job_name)
+                                                 KubernetesTrial, _pod_failure, job_name)
 from celeb_smile.sweep.trial import Trial
 from tests.conftest import PROJECT_DIR
 
@@ -99,3 +99,21 @@ def test_a_succeeded_pod_ends_its_trial_before_the_job_is_marked_complete():
     assert observed(["Complete"], "Succeeded") == TrialState.FINISHED
     assert observed([], "Running") == TrialState.RUNNING
     assert observed([], "Pending") == TrialState.SCHEDULED
+
+
+def pod_terminated(reason, exit_code):
+    from kubernetes.client import (V1ContainerState, V1ContainerStateTerminated,
+                                   V1ContainerStatus, V1Pod, V1PodStatus)
+
+    state = V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=exit_code,
+                                                                   reason=reason))
+    status = V1ContainerStatus(name="t", image="i", image_id="", ready=False,
+                               restart_count=0, state=state)
+    return V1Pod(status=V1PodStatus(phase="Failed", container_statuses=[status]))
+
+
+def test_a_killed_container_is_named_out_of_memory_also_when_the_runtime_says_error():
+    assert _pod_failure([pod_terminated("OOMKilled", 137)]) == "OOMKilled, exit code 137"
+    assert _pod_failure([pod_terminated("Error", 137)]) == \
+        "Error, exit code 137 (SIGKILL: most likely out of memory)"
+    assert _pod_failure([pod_terminated("Error", 3)]) == "Error, exit code 3"

@@ -336,12 +336,20 @@ def _drop_volumes(pod_spec: dict, names) -> None:
                                      if m["name"] not in names]
 
 
+# A container killed by SIGKILL; the runtime does not always say OOMKilled when the kernel's
+# OOM killer did it (it reports a plain Error when its OOM event comes after the exit).
+SIGKILL_EXIT = 137
+
+
 def _pod_failure(pods) -> str:
     for pod in pods:
         for status in pod.status.container_statuses or []:
             ended = status.state.terminated
             if ended and (ended.exit_code != 0 or ended.reason == "OOMKilled"):
-                return f"{ended.reason or 'Error'}, exit code {ended.exit_code}"
+                reason = f"{ended.reason or 'Error'}, exit code {ended.exit_code}"
+                if ended.exit_code == SIGKILL_EXIT and ended.reason != "OOMKilled":
+                    reason += " (SIGKILL: most likely out of memory)"
+                return reason
     return ""
 
 
