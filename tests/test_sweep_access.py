@@ -1,17 +1,25 @@
 """celeb_smile.sweep.access against real MLflow servers: one with the basic-auth app configured
 as on the cluster (nobody may do anything by default), one without authentication."""
 
+import io
 import uuid
 
+import mlflow
 import pytest
+from mlflow import MlflowClient
 from mlflow.server import get_app_client
+from rich.console import Console
 
+from celeb_smile.constants import EXIT_BAD_INPUT
 from celeb_smile.sweep.access import AccessError, grant_trainer
+from celeb_smile.sweep.scheduler import Sweep
+from celeb_smile.sweep.spec import SweepSpec
 from tests.helpers.auth_checks import (
     TRAINER_MAY, TRAINER_MAY_NOT, anonymous_answers, create_fixture_objects,
     representative_routes, trainer_outcomes, unauthenticated_with,
 )
 from tests.helpers.auth_server import basic_auth_server
+from tests.helpers.fake_backend import FakeBackend
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +64,18 @@ def test_granted_trainer_logs_but_cannot_delete_promote_or_read_others(auth_serv
         dict.fromkeys(TRAINER_MAY_NOT, 403)
 
 
+def test_grant_replaces_another_permission_of_the_trainer_by_edit(auth_server, monkeypatch):
+    uri, admin, trainer = auth_server
+    objects = create_fixture_objects(uri, admin, f"regrant-{uuid.uuid4().hex[:8]}")
+    _login(monkeypatch, admin)
+    admin_client = get_app_client("basic-auth", tracking_uri=uri)
+    admin_client.grant_user_permission(trainer[0], "experiment", objects["experiment_id"],
+                                       "READ")
+    grant_trainer(uri, objects["experiment_id"])
+    assert admin_client.get_user_permission(trainer[0], "experiment",
+                                            objects["experiment_id"]).permission == "EDIT"
+
+
 def test_grant_by_a_user_who_may_not_manage_the_experiment_fails_in_one_line(auth_server,
                                                                                monkeypatch):
     uri, admin, trainer = auth_server
@@ -70,3 +90,29 @@ def test_grant_is_a_no_op_without_the_auth_app(mlflow_server):
     grant_trainer(mlflow_server, "0", announce=messages.append)
     assert messages == [f"tracking server {mlflow_server} has no authentication (no basic-auth "
                         "app): trainer access not needed"]
+
+
+def test_a_sweep_whose_user_may_not_grant_is_refused_in_one_line_with_nothing_created(
+        auth_server, monkeypatch, capsys):
+    uri, admin, _ = auth_server
+    name = f"no-manage-{uuid.uuid4().hex[:8]}"
+    objects = create_fixture_objects(uri, admin, name)
+    analyst = ("analyst-" + uuid.uuid4().hex[:6], uuid.uuid4().hex)
+    _login(monkeypatch, admin)
+    admin_client = get_app_client("basic-auth", tracking_uri=uri)
+    admin_client.create_user(*analyst)
+    admin_client.grant_user_permission(analyst[0], "experiment", objects["experiment_id"], "EDIT")
+
+    _login(monkeypatch, analyst)  # may log runs to the experiment, not manage who else may
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    spec = SweepSpec(experiment=name, params={"epochs": "3"}, grid={"learning_rate": ["0.01"]})
+    sweep = Sweep(spec, FakeBackend(remote=True), Console(file=io.StringIO()), tracking_uri=uri,
+                  poll_seconds=0)
+    assert sweep.run() == EXIT_BAD_INPUT
+    error = capsys.readouterr().err
+    assert error.startswith("error: cannot grant 'trainer' EDIT on experiment") \
+        and error.count("\n") == 1, error
+    _login(monkeypatch, admin)
+    runs = MlflowClient(uri).search_runs([objects["experiment_id"]])
+    assert [r.info.run_id for r in runs] == [objects["run_id"]]  # no sweep run, no trial
