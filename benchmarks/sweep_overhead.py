@@ -5,9 +5,11 @@ N tiny synthetic trials at parallelism P. From the driver's own per-poll statist
   submission_s_mean               driver-side time to create a trial's run and its Job
   submit_to_first_metric_s_mean   run created -> first logged metric (pod start + TF import)
   wall_vs_ideal                   sweep wall time / (sum of trial durations / P)
-  startup_s, refill_gap_s_mean, tail_s   where the rest goes: driver start -> first run,
+  startup_s, refill_gap_s_mean, tail_s   where the rest goes: the sweep's start -> first run,
                                   a run's end -> the run created in its slot, last run's end ->
                                   the sweep's end (the report)
+  end_seen_after_s_mean, poll_s_mean     of the refill gap: a run's end -> the poll that saw
+                                  it; how long a poll takes
   api_calls_per_poll_at_1         tracking + Kubernetes requests in a poll with 1 trial in flight
   api_calls_per_poll_at_P         ... with P trials in flight (goal: the same as at 1)
 
@@ -33,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mlflow import MlflowClient  # noqa: E402
 
 from machine import print_machine  # noqa: E402
-from celeb_smile.constants import SWEEP_ID_TAG  # noqa: E402
+from celeb_smile.constants import SWEEP_ID_TAG, TRIAL_INDEX_TAG  # noqa: E402
 from celeb_smile.sweep.cli import _job_namespace_and_context  # noqa: E402
 from celeb_smile.sweep.connect import connect_to_tracking_server  # noqa: E402
 from celeb_smile.sweep.spec import PROJECT_DIR  # noqa: E402
@@ -71,10 +73,20 @@ def refill_gaps(starts: list[float], ends: list[float], parallel: int) -> list[f
     return gaps
 
 
-def polls(stats: Path) -> tuple[list[dict], list[float]]:
-    lines = [json.loads(line) for line in stats.read_text().splitlines()]
-    return [x for x in lines if "api_calls" in x], [x["submit_s"] for x in lines
-                                                     if "submit_s" in x]
+def read_stats(stats: Path) -> list[dict]:
+    return [json.loads(line) for line in stats.read_text().splitlines()]
+
+
+def seen_after_end(stats: list[dict], trials) -> list[float]:
+    """For each trial: seconds from its run's end to the driver ending it (the poll that saw
+    it)."""
+    seen = {line["ended"]: line["t"] for line in stats if "ended" in line}
+    delays = []
+    for run in trials:
+        index = int(run.data.tags.get(TRIAL_INDEX_TAG, "0"))
+        if index in seen:
+            delays.append(seen[index] - run.info.end_time / 1000)
+    return delays
 
 
 def main() -> None:
@@ -90,17 +102,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         stats = Path(tmp) / "stats.jsonl"
         driver_s = run_driver(experiment, args, stats)
-        poll_stats, submits = polls(stats)
+        stats_lines = read_stats(stats)
     with ExitStack() as stack:
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not tracking_uri:  # as the driver did: through the Kubernetes API
             namespace, context = _job_namespace_and_context(args.backend_config)
             tracking_uri = stack.enter_context(
                 connect_to_tracking_server(namespace, context=context)).uri
-        report(MlflowClient(tracking_uri), experiment, args, driver_s, poll_stats, submits)
+        report(MlflowClient(tracking_uri), experiment, args, driver_s, stats_lines)
 
 
-def report(client, experiment, args, driver_s, poll_stats, submits) -> None:
+def report(client, experiment, args, driver_s, stats) -> None:
+    poll_stats = [line for line in stats if "api_calls" in line]
+    submits = [line["submit_s"] for line in stats if "submit_s" in line]
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
     runs = client.search_runs([experiment_id], max_results=1000)
     parent = next(r for r in runs if SWEEP_ID_TAG in r.data.tags
@@ -128,9 +142,13 @@ def report(client, experiment, args, driver_s, poll_stats, submits) -> None:
     print(f"wall_vs_ideal: {wall / ideal:.2f}")
     starts = sorted(r.info.start_time / 1000 for r in trials)
     ends = sorted(r.info.end_time / 1000 for r in trials)
-    print(f"startup_s: {starts[0] - parent.info.start_time / 1000:.1f}")
+    began = next(line["t"] for line in stats if "started" in line)
+    print(f"startup_s: {starts[0] - began:.1f}")
     gaps = refill_gaps(starts, ends, args.parallel)
     print(f"refill_gap_s_mean: {statistics.mean(gaps):.1f} (max {max(gaps):.1f})")
+    seen = seen_after_end(stats, trials)
+    print(f"end_seen_after_s_mean: {statistics.mean(seen):.2f} (max {max(seen):.2f})")
+    print(f"poll_s_mean: {statistics.mean(p['poll_s'] for p in poll_stats):.2f}")
     print(f"tail_s: {parent.info.end_time / 1000 - ends[-1]:.1f}")
     for in_flight in sorted(by_in_flight):
         calls = by_in_flight[in_flight]

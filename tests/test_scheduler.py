@@ -115,11 +115,41 @@ def test_polls_come_sooner_while_a_trial_is_past_its_last_epoch(store):
     sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01"]}, poll_seconds=3.0)
     trial = Trial(1, {"epochs": "3"}, state=TrialState.RUNNING, history=[0.5, 0.6])
     sweep.trials.append(trial)
-    assert sweep._poll_delay() == 3.0
+    assert sweep._poll_interval() == 3.0
     trial.history.append(0.7)
-    assert sweep._poll_delay() < 1.0
+    assert sweep._poll_interval() < 1.0
     trial.state = TrialState.FINISHED
-    assert sweep._poll_delay() == 3.0
+    assert sweep._poll_interval() == 3.0
+
+
+def test_a_poll_taking_time_shortens_the_wait_for_the_next(store):
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01"]}, poll_seconds=3.0)
+    assert sweep._until_next_poll(time.monotonic() - 1.0) <= 2.0
+    assert sweep._until_next_poll(time.monotonic() - 5.0) == 0.0
+
+
+def test_a_remote_backend_is_observed_while_the_runs_are_read(store):
+    """The cluster's listing and the tracking query of a poll go out together: the fake
+    cluster answers only once the tracking read has begun (in order, one would wait for the
+    other)."""
+    read_begun, waits = threading.Event(), []
+
+    def answer_after_the_read(backend):
+        waits.append(read_begun.wait(timeout=10))
+        read_begun.clear()
+
+    sweep = make_sweep(FakeBackend(remote=True, on_poll=answer_after_the_read),
+                       {"learning_rate": ["0.01", "0.02"]})
+    snapshots = sweep.tracking.snapshots
+
+    def read(*args):
+        read_begun.set()
+        return snapshots(*args)
+
+    sweep.tracking.snapshots = read
+    assert sweep.run() == EXIT_OK
+    assert waits and all(waits), waits
+    assert [t.state for t in sweep.trials] == [TrialState.FINISHED] * 2
 
 
 def test_no_submission_after_the_failures_budget_is_spent(store):

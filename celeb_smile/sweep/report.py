@@ -252,12 +252,11 @@ def update_note(sweep, parent_run_id: str, promotion_message: str = "") -> None:
 
 def _write_note(sweep, parent_run_id: str, promotion_message: str) -> None:
     client = sweep.client
-    parent = client.get_run(parent_run_id)
     best = best_trial(sweep.trials, sweep.spec.objective)
     version = _model_version(client, best.run_id) if best is not None else None
     plot_files = [a.path for a in client.list_artifacts(parent_run_id, PLOTS_DIR)]
     client.set_tag(parent_run_id, MLFLOW_RUN_NOTE,
-                   note_markdown(sweep, parent.info.experiment_id, parent_run_id, best,
+                   note_markdown(sweep, sweep.experiment_id, parent_run_id, best,
                                  version, plot_files, promotion_message))
 
 

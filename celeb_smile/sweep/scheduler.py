@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future
 
 import mlflow
 
@@ -22,6 +23,7 @@ from celeb_smile.constants import (CODE_VERSION_TAG, ERROR_TAG, EXIT_BAD_INPUT,
                                    TRIAL_INDEX_TAG, TrialState)
 from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep import report
+from celeb_smile.sweep.access import AccessError, grant_trainer
 from celeb_smile.sweep.backends import LaunchError, code_version
 from celeb_smile.sweep.progress import Progress
 from celeb_smile.sweep.recorder import Recorder
@@ -86,11 +88,17 @@ class Sweep:
 
     # == the whole sweep =========================================================================
     def run(self) -> int:
+        self._stat(started=True)
         self.experiment_id = self.tracking.experiment_id(self.spec.experiment)
         parent, runs = self.tracking.sweep_runs(self.experiment_id, self.sweep_id)
         if parent is not None and (holder := self.tracking.lease_holder(parent)):
             return self._refuse(holder)
         self.backend.prepare(self.console)  # before the parent run: a failure leaves no trace
+        try:
+            self._grant_trainer()
+        except AccessError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
         if holder := self._open_parent(parent):
             return self._refuse(holder)
         try:
@@ -119,17 +127,18 @@ class Sweep:
                 self.experiment_id, run_name=f"sweep-{self.sweep_id}",
                 tags={SWEEP_ID_TAG: self.sweep_id, CODE_VERSION_TAG: self.code_version}))
             self.parent_id = run.info.run_id
-            self.tracking.patient("log the sweep's settings", lambda: self._log_settings())
+            holder = self.tracking.take_lease(  # the settings logged while the lease settles
+                self.parent_id, meanwhile=lambda: self.tracking.patient(
+                    "log the sweep's settings", self._log_settings))
         else:
             self.parent_id = parent.info.run_id
             self.seconds_before = parent.data.metrics.get("sweep_seconds", 0.0)
             self.tracking.patient("resume the sweep run", lambda: self.client.update_run(
                 self.parent_id, status="RUNNING"))
-        holder = self.tracking.take_lease(self.parent_id)
+            holder = self.tracking.take_lease(self.parent_id)
         if holder:  # another driver wrote its lease at the same moment, and won
             return holder
         self._lease_renewed = time.monotonic()
-        self._grant_trainer()
         mlflow.start_run(run_id=self.parent_id)  # the report logs to the active run
         return None
 
@@ -151,13 +160,8 @@ class Sweep:
     def _grant_trainer(self) -> None:
         """On a server with authentication, the training pods' identity may log to runs of
         this experiment (and nothing else)."""
-        if not self.backend.remote:
-            return
-        try:
-            from celeb_smile.sweep.access import grant_trainer
-        except ImportError:
-            return
-        grant_trainer(self.tracking_uri, self.experiment_id)
+        if self.backend.remote:
+            grant_trainer(self.tracking_uri, self.experiment_id)
 
     def _close_parent(self) -> None:
         try:
@@ -264,6 +268,7 @@ class Sweep:
 
     def _loop(self) -> None:
         while True:
+            polled = time.monotonic()
             self._poll()
             if self.interrupted.is_set():
                 break
@@ -274,15 +279,21 @@ class Sweep:
                 break
             self._keep_lease()
             self.progress.refresh()
-            self.interrupted.wait(self._poll_delay())
+            self.interrupted.wait(self._until_next_poll(polled))
         if self.interrupted.is_set():
             self._cancel_in_flight("sweep interrupted", S.KILLED)
 
-    def _poll_delay(self) -> float:
-        """`poll_seconds`, shorter while a trial has logged its last epoch: it ends within
-        seconds (test evaluation, the model's upload), and its slot is refilled when it does."""
+    def _poll_interval(self) -> float:
+        """Seconds from one poll's start to the next: `poll_seconds`, shorter while a trial has
+        logged its last epoch: it ends within seconds (test evaluation, the model's upload),
+        and its slot is refilled when it does."""
         finishing = any(t.state == S.RUNNING and t.past_last_epoch for t in self.trials)
         return min(self.poll_seconds, FINISHING_POLL_S) if finishing else self.poll_seconds
+
+    def _until_next_poll(self, polled: float) -> float:
+        """What is left of the poll interval after the poll that started at `polled` (and the
+        submissions after it)."""
+        return max(0.0, self._poll_interval() - (time.monotonic() - polled))
 
     def _give_up(self, error: Unavailable) -> None:
         """The tracking server stayed away too long: stop every Job, fail their trials, and
@@ -317,11 +328,17 @@ class Sweep:
         in_flight = [t for t in self.trials if t.state.in_flight and t.handle is not None]
         if not in_flight:
             return
-        calls_before = self.backend.calls + self.tracking.calls
-        observed = self._observe(in_flight)
-        self._read_metrics(in_flight)
+        calls_before, started = self.backend.calls + self.tracking.calls, time.monotonic()
+        if self.backend.remote:  # the cluster and the tracking server answer at the same time
+            observing = _beside(lambda: self._observe(in_flight))
+            self._read_metrics(in_flight)
+            observed = observing.result()
+        else:  # a local observation is a process check
+            observed = self._observe(in_flight)
+            self._read_metrics(in_flight)
         self._stat(in_flight=len(in_flight),
-                   api_calls=self.backend.calls + self.tracking.calls - calls_before)
+                   api_calls=self.backend.calls + self.tracking.calls - calls_before,
+                   poll_s=round(time.monotonic() - started, 3))
         for trial in in_flight:
             seen = observed.get(trial.index)
             if seen is None:
@@ -518,6 +535,7 @@ class Sweep:
         Recording that on the run (log, tags, status, the Job deleted) is the recorder's."""
         trial.ended = time.monotonic()
         trial.state, trial.reason = state, reason
+        self._stat(ended=trial.index)
         if trial.run_id:
             run = self._snapshots.get(trial.run_id) or self.tracking.snapshot(trial.run_id)
             self._settle(trial, run)
@@ -631,7 +649,7 @@ class Sweep:
     def _stat(self, **figures) -> None:
         if self.stats_path:
             with open(self.stats_path, "a") as stats:
-                stats.write(json.dumps(figures) + "\n")
+                stats.write(json.dumps({"t": round(time.time(), 3), **figures}) + "\n")
 
     def failures(self) -> int:
         return sum(t.state == S.FAILED for t in self.trials)
@@ -649,6 +667,21 @@ def _params_key(params: dict[str, str]):
         return frozenset(config_from_params(params, check_paths=False).as_params().items())
     except ValueError:
         return None
+
+
+def _beside(call) -> Future:
+    """`call` on a daemon thread (a second Ctrl-C never waits for it); the future's result()
+    is its value or raises its error in the caller's thread."""
+    future: Future = Future()
+
+    def work():
+        try:
+            future.set_result(call())
+        except BaseException as error:  # noqa: BLE001 - raised again by result()
+            future.set_exception(error)
+
+    threading.Thread(target=work, name="sweep-observe", daemon=True).start()
+    return future
 
 
 def _backend_transient(error: BaseException) -> bool:

@@ -23,6 +23,7 @@ from celeb_smile.sweep.processes import alive
 DRIVER_HTTP_ENV = {"MLFLOW_HTTP_REQUEST_TIMEOUT": "10", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 PAGE = 1000  # runs per search page
 LEASE_SECONDS = 90  # a driver that stops renewing its lease for this long is presumed dead
+LEASE_SETTLE_S = 0.5  # a lease is read back this long after it is written
 QUICK_PATIENCE_S = 20  # reads for progress only: give up soon, the next poll tries again
 
 
@@ -111,10 +112,14 @@ class Tracking:
             return None  # its driver died on this machine: no need to wait for the expiry
         return holder
 
-    def take_lease(self, run_id: str) -> str | None:
-        """Write our lease, then read it back: a driver that wrote in between wins."""
+    def take_lease(self, run_id: str, meanwhile=None) -> str | None:
+        """Write our lease, then read it back at least LEASE_SETTLE_S later (doing `meanwhile`
+        in between): a driver that wrote in between wins."""
         self.renew_lease(run_id)
-        time.sleep(0.5)
+        settle_until = time.monotonic() + LEASE_SETTLE_S
+        if meanwhile is not None:
+            meanwhile()
+        time.sleep(max(0.0, settle_until - time.monotonic()))
         run = self.patient("read the lease", lambda: self.client.get_run(run_id))
         return self.lease_holder(run)
 
