@@ -206,6 +206,44 @@ def test_interrupting_cancels_the_trials_in_flight_and_kills_their_runs(store):
     assert sorted(r.info.status for r in trial_runs(store)) == ["KILLED", "KILLED"]
 
 
+def test_a_wave_of_trials_has_its_runs_created_together(store):
+    """Each run of the first wave waits at a barrier for the other: created one after the
+    other, the first would wait alone until the barrier breaks."""
+    wave = threading.Barrier(2, timeout=10)
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
+    create_run = sweep.tracking.create_run
+
+    arrived = []
+
+    def create_in_wave(*args):
+        arrived.append(args[1])
+        if len(arrived) <= 2:
+            wave.wait()
+        return create_run(*args)
+
+    sweep.tracking.create_run = create_in_wave
+    assert sweep.run() == EXIT_OK
+    assert len(backend.launched) == 3 and not wave.broken
+
+
+def test_a_trial_whose_run_was_created_as_the_sweep_was_interrupted_never_launches(store):
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]})
+    create_run = sweep.tracking.create_run
+
+    def create_then_interrupt(*args):
+        run_id = create_run(*args)
+        sweep.interrupted.set()  # Ctrl-C while the wave's runs were being created
+        return run_id
+
+    sweep.tracking.create_run = create_then_interrupt
+    assert sweep.run() == EXIT_INTERRUPTED
+    assert backend.launched == []
+    assert sorted(r.info.status for r in trial_runs(store)) == ["KILLED", "KILLED"]
+    assert {t.reason for t in sweep.trials} == {"sweep interrupted before its Job was created"}
+
+
 def test_a_restarted_driver_adopts_trials_in_flight_instead_of_resubmitting(store):
     first = FakeBackend(on_poll=lambda b: b.polls == 1 and (_ for _ in ()).throw(SystemExit))
     sweep = make_sweep(first, {"learning_rate": ["0.01", "0.02", "0.03"]})

@@ -411,17 +411,21 @@ class Sweep:
     def _submit_while_room(self) -> None:
         while not self._submissions_closed():
             room = self.spec.max_parallel - sum(t.state.in_flight for t in self.trials)
-            if room <= 0:
+            batch: list[Trial] = []
+            while len(batch) < room:
+                trial = self._next_trial(batch)
+                if trial is None:
+                    break
+                if trial.state == S.PENDING:
+                    batch.append(trial)
+            if not batch:
                 return
-            trial = self._next_trial()
-            if trial is None:
-                return
-            if trial.state == S.PENDING:
-                self._submit(trial)
+            self._submit(batch)
 
-    def _next_trial(self) -> Trial | None:
-        """A trial to run again (failed or interrupted before), else the search's next one."""
-        pending = [t for t in self.trials if t.state == S.PENDING]
+    def _next_trial(self, chosen: list[Trial]) -> Trial | None:
+        """A trial to run again (failed or interrupted before), else the search's next one;
+        never one of those already `chosen` for this round."""
+        pending = [t for t in self.trials if t.state == S.PENDING and t not in chosen]
         if pending:
             return pending[0]
         suggestions = self.search.get_suggestions(self.trials + self.warm, 1)
@@ -439,13 +443,31 @@ class Sweep:
             self.progress.event(trial, "SKIPPED: " + trial.reason)
         return trial
 
-    def _submit(self, trial: Trial) -> None:
+    def _submit(self, trials: list[Trial]) -> None:
+        """Create the trials' runs at the same time (tracking calls, on threads), then launch
+        them one by one from this thread: a wave of P trials does not wait for P submissions
+        in a row, and no Job is ever created behind a second Ctrl-C's clean-up."""
+        creating = [(trial, _beside(lambda t=trial: self._create_run(t))) for trial in trials]
+        for trial, created in creating:
+            try:
+                created.result()
+            except Unavailable as error:
+                self._end(trial, S.FAILED, f"submission failed: {error}")
+                continue
+            if self.interrupted.is_set():
+                self._end(trial, S.KILLED, "sweep interrupted before its Job was created")
+                continue
+            self._launch(trial)
+
+    def _create_run(self, trial: Trial) -> None:
         trial.started, trial.ended = time.monotonic(), None
         trial.sweep_run_id, trial.history = self.parent_id, []
+        trial.run_id = self.tracking.create_run(self.experiment_id, trial.name,
+                                                self._trial_tags(trial))
+        self.tracking.log_tags(trial.run_id, self.backend.run_tags(trial), trial.params)
+
+    def _launch(self, trial: Trial) -> None:
         try:
-            trial.run_id = self.tracking.create_run(self.experiment_id, trial.name,
-                                                    self._trial_tags(trial))
-            self.tracking.log_tags(trial.run_id, self.backend.run_tags(trial), trial.params)
             trial.handle = self._retry_backend(
                 f"launch {trial.name}", lambda: self.backend.launch(
                     trial, self.experiment_id, self.tracking_uri), patience=LAUNCH_PATIENCE_S)
