@@ -330,7 +330,7 @@ class Sweep:
             return
         calls_before, started = self.backend.calls + self.tracking.calls, time.monotonic()
         if self.backend.remote:  # the cluster and the tracking server answer at the same time
-            observing = _beside(lambda: self._observe(in_flight))
+            observing = _beside(lambda: self._observe(in_flight), "sweep-observe")
             self._read_metrics(in_flight)
             observed = observing.result()
         else:  # a local observation is a process check
@@ -447,7 +447,8 @@ class Sweep:
         """Create the trials' runs at the same time (tracking calls, on threads), then launch
         them one by one from this thread: a wave of P trials does not wait for P submissions
         in a row, and no Job is ever created behind a second Ctrl-C's clean-up."""
-        creating = [(trial, _beside(lambda t=trial: self._create_run(t))) for trial in trials]
+        creating = [(trial, _beside(lambda t=trial: self._create_run(t), f"sweep-{trial.name}"))
+                    for trial in trials]
         for trial, created in creating:
             try:
                 created.result()
@@ -691,7 +692,7 @@ def _params_key(params: dict[str, str]):
         return None
 
 
-def _beside(call) -> Future:
+def _beside(call, name: str) -> Future:
     """`call` on a daemon thread (a second Ctrl-C never waits for it); the future's result()
     is its value or raises its error in the caller's thread."""
     future: Future = Future()
@@ -702,7 +703,7 @@ def _beside(call) -> Future:
         except BaseException as error:  # noqa: BLE001 - raised again by result()
             future.set_exception(error)
 
-    threading.Thread(target=work, name="sweep-observe", daemon=True).start()
+    threading.Thread(target=work, name=name, daemon=True).start()
     return future
 
 
