@@ -4,7 +4,8 @@ N tiny synthetic trials at parallelism P. From the driver's own per-poll statist
 (--stats-file) and the runs it recorded:
   submission_s_mean               driver-side time to create a trial's run and its Job
   submit_to_first_metric_s_mean   run created -> first logged metric (pod start + TF import)
-  wall_vs_ideal                   sweep wall time / (sum of trial durations / P)
+  wall_vs_ideal                   sweep wall time / (sum of trial durations / P); with --runs
+                                  (3): each run's, then wall_vs_ideal_median
   startup_s, refill_gap_s_mean, tail_s   where the rest goes: the sweep's start -> first run,
                                   a run's end -> the run created in its slot, last run's end ->
                                   the sweep's end (the report)
@@ -96,8 +97,21 @@ def main() -> None:
     parser.add_argument("--no-build", action="store_true", help="use the pushed image")
     parser.add_argument("--backend-config", default=str(PROJECT_DIR / "kubernetes_config.json"),
                         help="e.g. .deploy/<namespace>/kubernetes_config.json")
+    parser.add_argument("--runs", type=int, default=3,
+                        help="sweeps one after the other; wall_vs_ideal is their median (the "
+                             "last wave's imbalance moves a single run by +-0.02)")
     args = parser.parse_args()
     print_machine()
+    ratios = []
+    for run in range(1, args.runs + 1):
+        print(f"run: {run}")
+        ratios.append(one_sweep(args))
+    print(f"wall_vs_ideal_runs: {', '.join(f'{r:.2f}' for r in ratios)}")
+    print(f"wall_vs_ideal_median: {statistics.median(ratios):.2f}")
+
+
+def one_sweep(args) -> float:
+    """Run the driver once and print its figures; returns its wall_vs_ideal."""
     experiment = f"bench-sweep-overhead-{int(time.time())}"
     with tempfile.TemporaryDirectory() as tmp:
         stats = Path(tmp) / "stats.jsonl"
@@ -109,10 +123,10 @@ def main() -> None:
             namespace, context = _job_namespace_and_context(args.backend_config)
             tracking_uri = stack.enter_context(
                 connect_to_tracking_server(namespace, context=context)).uri
-        report(MlflowClient(tracking_uri), experiment, args, driver_s, stats_lines)
+        return report(MlflowClient(tracking_uri), experiment, args, driver_s, stats_lines)
 
 
-def report(client, experiment, args, driver_s, stats) -> None:
+def report(client, experiment, args, driver_s, stats) -> float:
     poll_stats = [line for line in stats if "api_calls" in line]
     submits = [line["submit_s"] for line in stats if "submit_s" in line]
     experiment_id = client.get_experiment_by_name(experiment).experiment_id
@@ -154,6 +168,7 @@ def report(client, experiment, args, driver_s, stats) -> None:
         calls = by_in_flight[in_flight]
         print(f"api_calls_per_poll_at_{in_flight}: {statistics.mean(calls):.2f} "
               f"(max {max(calls)}, {len(calls)} polls)")
+    return wall / ideal
 
 
 if __name__ == "__main__":
