@@ -18,6 +18,7 @@ class FakeSweep:
     status: str | None = None
     promote: bool = False
     code_version: str = "code-1"
+    experiment_id: str = "0"
 
 
 def spec_with(varying: dict[str, list[str]], metric="val_accuracy", direction="maximize",

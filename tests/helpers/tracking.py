@@ -29,7 +29,8 @@ def recorded_sweep(client, histories: list[list[float]], experiment_id: str | No
     trials = [record_trial(client, experiment_id, parent, sweep_id, index, history)
               for index, history in enumerate(histories, 1)]
     client.set_terminated(parent, status)
-    sweep = FakeSweep(spec, trials, client=client, status=status, promote=promote)
+    sweep = FakeSweep(spec, trials, client=client, status=status, promote=promote,
+                      experiment_id=experiment_id)
     if model_name:
         sweep.registered_model = model_name
     return sweep, parent
@@ -58,4 +59,4 @@ def rerun_of(sweep, parent_run_id: str) -> FakeSweep:
                     run_id=t.run_id, sweep_run_id=parent_run_id, history=list(t.history),
                     metrics=dict(t.metrics)) for t in sweep.trials]
     return FakeSweep(sweep.spec, trials, client=sweep.client, status="FINISHED",
-                     promote=sweep.promote)
+                     promote=sweep.promote, experiment_id=sweep.experiment_id)
