@@ -11,6 +11,9 @@ N tiny synthetic trials at parallelism P. From the driver's own per-poll statist
                                   the sweep's end (the report)
   end_seen_after_s_mean, poll_s_mean     of the refill gap: a run's end -> the poll that saw
                                   it; how long a poll takes
+  poll_late_s_mean                how much later than its interval a poll starts after the
+                                  previous one (the loop's rhythm; ~0 unless polls and
+                                  submissions take longer than the interval)
   api_calls_per_poll_at_1         tracking + Kubernetes requests in a poll with 1 trial in flight
   api_calls_per_poll_at_P         ... with P trials in flight (goal: the same as at 1)
 
@@ -90,6 +93,14 @@ def seen_after_end(stats: list[dict], trials) -> list[float]:
     return delays
 
 
+def poll_lateness(poll_stats: list[dict]) -> list[float]:
+    """For each poll after the first: how much later than its interval it started after the
+    one before (0 when the loop keeps its rhythm; a poll's line is written as it ends)."""
+    starts = [(p["t"] - p["poll_s"], p["interval_s"]) for p in poll_stats]
+    return [max(0.0, start - before - interval)
+            for (before, interval), (start, _) in zip(starts, starts[1:])]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=24)
@@ -163,6 +174,7 @@ def report(client, experiment, args, driver_s, stats) -> float:
     seen = seen_after_end(stats, trials)
     print(f"end_seen_after_s_mean: {statistics.mean(seen):.2f} (max {max(seen):.2f})")
     print(f"poll_s_mean: {statistics.mean(p['poll_s'] for p in poll_stats):.2f}")
+    print(f"poll_late_s_mean: {statistics.mean(poll_lateness(poll_stats)):.2f}")
     print(f"tail_s: {parent.info.end_time / 1000 - ends[-1]:.1f}")
     for in_flight in sorted(by_in_flight):
         calls = by_in_flight[in_flight]

@@ -279,7 +279,7 @@ class Sweep:
                 break
             self._keep_lease()
             self.progress.refresh()
-            self.interrupted.wait(self._until_next_poll(polled))
+            self.interrupted.wait(self._until_next_poll(time.monotonic() - polled))
         if self.interrupted.is_set():
             self._cancel_in_flight("sweep interrupted", S.KILLED)
 
@@ -290,10 +290,10 @@ class Sweep:
         finishing = any(t.state == S.RUNNING and t.past_last_epoch for t in self.trials)
         return min(self.poll_seconds, FINISHING_POLL_S) if finishing else self.poll_seconds
 
-    def _until_next_poll(self, polled: float) -> float:
-        """What is left of the poll interval after the poll that started at `polled` (and the
-        submissions after it)."""
-        return max(0.0, self._poll_interval() - (time.monotonic() - polled))
+    def _until_next_poll(self, elapsed: float) -> float:
+        """What is left of the poll interval once a poll (and the submissions after it) took
+        `elapsed` seconds."""
+        return max(0.0, self._poll_interval() - elapsed)
 
     def _give_up(self, error: Unavailable) -> None:
         """The tracking server stayed away too long: stop every Job, fail their trials, and
@@ -338,7 +338,8 @@ class Sweep:
             self._read_metrics(in_flight)
         self._stat(in_flight=len(in_flight),
                    api_calls=self.backend.calls + self.tracking.calls - calls_before,
-                   poll_s=round(time.monotonic() - started, 3))
+                   poll_s=round(time.monotonic() - started, 3),
+                   interval_s=self._poll_interval())
         for trial in in_flight:
             seen = observed.get(trial.index)
             if seen is None:
