@@ -6,6 +6,7 @@ from celeb_smile.sweep.cli import main as driver_main
 from tests.conftest import PROJECT_DIR
 
 TPE_FILE = str(PROJECT_DIR / "sweeps" / "tpe-asha.yaml")
+MEDIAN_FILE = str(PROJECT_DIR / "sweeps" / "median-stop.yaml")  # judges the objective
 
 
 @pytest.fixture
@@ -28,7 +29,7 @@ def error_line(capsys) -> str:
     (["--sweep", "missing.yaml"], "error: cannot read sweep file missing.yaml"),
     (["--objective", "val_acc"], "error: objective 'val_acc' is not a metric training logs"),
     (["--search", "tpe"], "error: a tpe search needs max_trials"),
-    (["--sweep", TPE_FILE, "--objective", "test_loss", "--direction", "minimize"],
+    (["--sweep", MEDIAN_FILE, "--objective", "test_loss"],
      "error: early stopping needs a metric logged every epoch"),
     (["--sweep", TPE_FILE, "--budget-minutes", "0"], "error: budget.wall_minutes must be positive"),
     (["--param", "learning_rate=1e-3x"], "error: learning_rate must be float"),

@@ -14,10 +14,10 @@ from rich.console import Console
 
 from celeb_smile.constants import (CODE_VERSION_TAG, EXIT_BAD_INPUT, EXIT_INTERRUPTED,
                                    EXIT_OK, EXIT_TRIAL_FAILED, LEASE_TAG, PARAMS_TAG,
-                                   REASON_TAG, SWEEP_ID_TAG, TRIAL_INDEX_TAG)
+                                   REASON_TAG, STOPPED_TAG, SWEEP_ID_TAG, TRIAL_INDEX_TAG)
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep.scheduler import Sweep
-from celeb_smile.sweep.spec import SweepSpec
+from celeb_smile.sweep.spec import EarlyStopping, SweepSpec
 from celeb_smile.sweep.trial import Trial
 from tests.helpers.fake_backend import ADOPT_TAG, FakeBackend
 
@@ -44,7 +44,8 @@ def store(empty_store, tmp_path, monkeypatch):
 def make_sweep(backend, grid, **settings) -> Sweep:
     spec = SweepSpec(experiment="unit", params={"epochs": "3"}, grid=grid,
                      max_parallel=settings.pop("max_parallel", 2),
-                     max_failures=settings.pop("max_failures", None))
+                     max_failures=settings.pop("max_failures", None),
+                     early_stopping=settings.pop("early_stopping", None))
     console = Console(file=io.StringIO(), width=200)
     return Sweep(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
                  **{"poll_seconds": 0, **settings})
@@ -334,6 +335,20 @@ def test_the_trial_epochs_budget_closes_submissions_and_running_trials_finish(st
     assert "budget" in sweep.ended_because
     assert len(sweep.trials) == 2  # both first trials finish their 3 epochs; no third
     assert all(t.state == TrialState.FINISHED for t in sweep.trials)
+
+
+def test_a_rule_judging_another_metric_reads_that_metric_from_the_runs(store):
+    asha_on_loss = EarlyStopping("asha", grace_period=1, reduction_factor=2, metric="val_loss")
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.04"]},
+                       early_stopping=asha_on_loss)
+    assert sweep.run() == EXIT_OK
+    assert [t.state for t in sweep.trials] == [TrialState.STOPPED, TrialState.FINISHED]
+    stopped = store.get_run(sweep.trials[0].run_id)
+    assert stopped.info.status == "KILLED"
+    assert stopped.data.tags[STOPPED_TAG] == (
+        "stopped by asha at epoch 1: val_loss 0.7 is not in the best 1 of 2 trials at rung 1, "
+        "whose cut-off is 0.55.")
+    assert sweep.trials[1].watched["val_loss"] == [0.55, 0.4, 0.325]  # read to the end
 
 
 def test_trial_names_identify_their_sweep(store):

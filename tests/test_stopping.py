@@ -154,3 +154,34 @@ def test_the_spec_chooses_the_rule_and_its_settings():
     spec.early_stopping = EarlyStopping("median", start_step=5, min_trials_required=2)
     rule = make_stopping_rule(spec)
     assert isinstance(rule, MedianStop) and (rule.start_step, rule.min_trials_required) == (5, 2)
+
+
+def test_a_rule_may_judge_another_metric_than_the_objective():
+    spec = SweepSpec(objective=Objective("val_accuracy", "maximize"),
+                     early_stopping=EarlyStopping("asha", grace_period=1, metric="val_loss"))
+    rule = make_stopping_rule(spec)
+    assert (rule.metric, rule.maximize, rule.watch) == ("val_loss", False, "val_loss")
+    # Equal accuracy at the rung; the loss tells the learner (0.66) from the flat one (0.69).
+    learner, flat = (Trial(i, {"epochs": "10"}, state=RUNNING, history=[0.5],
+                           watched={"val_loss": [loss]}) for i, loss in ((1, 0.66), (2, 0.69)))
+    decisions = rule.decide([learner, flat])
+    assert [(d.trial_index, d.value, d.threshold) for d in decisions] == [(2, 0.69, 0.66)]
+    assert "val_loss 0.69" in decisions[0].explanation
+
+
+def test_a_rule_on_another_metric_waits_for_that_metric():
+    rule = MedianStop("val_loss", "minimize", start_step=1, min_trials_required=1,
+                      watch="val_loss")
+    done = Trial(9, {"epochs": "2"}, state=FINISHED, history=[0.9, 0.9],
+                 watched={"val_loss": [0.3, 0.2]})
+    behind = Trial(1, {"epochs": "10"}, state=RUNNING, history=[0.1])  # no val_loss read yet
+    assert stopped(rule, [done, behind]) == []
+    behind.watched["val_loss"] = [0.5]
+    assert stopped(rule, [done, behind]) == [1]
+
+
+def test_the_objective_named_as_the_stopping_metric_is_the_objective():
+    spec = SweepSpec(objective=Objective("val_loss", "minimize"),
+                     early_stopping=EarlyStopping("median", metric="val_loss"))
+    assert make_stopping_rule(spec).watch is None
+    assert spec.stopping_metric() == ("val_loss", "minimize")

@@ -127,7 +127,9 @@ def test_every_shipped_sweep_file_is_valid_and_says_what_it_is_for(path):
 def test_adaptive_search_stopping_goal_and_budget_are_read_from_the_file():
     spec = load_spec_file(PROJECT_DIR / "sweeps" / "tpe-asha.yaml")
     assert (spec.strategy(), spec.max_trials, spec.seed, spec.goal) == ("tpe", 16, 0, 0.97)
-    assert spec.early_stopping == EarlyStopping("asha", grace_period=3, reduction_factor=3)
+    assert spec.early_stopping == EarlyStopping("asha", grace_period=3, reduction_factor=3,
+                                                metric="val_loss")
+    assert spec.stopping_metric() == ("val_loss", "minimize")
     assert spec.budget == Budget(trial_epochs=100, wall_seconds=3600)
     assert set(spec.random_space) == {"learning_rate", "convolutions", "batch_size"}
     assert spec.trials() == []  # it decides as it goes
@@ -145,6 +147,15 @@ def test_command_line_sets_search_stopping_goal_and_budget():
     assert spec_from("--sweep", stopping_file, "--early-stopping", "none").early_stopping is None
     kept = spec_from("--sweep", stopping_file, "--early-stopping", "asha").early_stopping
     assert kept == load_spec_file(stopping_file).early_stopping
+
+
+def test_a_final_objective_can_be_stopped_early_on_a_per_epoch_metric(tmp_path):
+    path = tmp_path / "sweep.yaml"
+    path.write_text("objective: {metric: test_accuracy}\n"
+                    "early_stopping: {rule: median, metric: val_loss}\n")
+    spec = load_spec_file(path)
+    validate(spec)
+    assert spec.stopping_metric() == ("val_loss", "minimize")
 
 
 def test_search_is_inferred_when_not_given():
@@ -195,6 +206,10 @@ def test_bad_search_settings_are_rejected(argv, message):
     ("early_stopping: {grace_period: 2}\n", "early_stopping needs a rule"),
     ("early_stopping: {rule: asha, reduction_factor: 1}\n", "reduction_factor must be at least 2"),
     ("early_stopping: {rule: median, start_step: x}\n", "start_step must be an integer"),
+    ("early_stopping: {rule: asha, metric: test_loss}\n",
+     "early_stopping.metric must be the objective or one of loss, accuracy, val_loss"),
+    ("objective: {metric: f1, custom: true}\nearly_stopping: {rule: asha, metric: f2}\n",
+     "early_stopping.metric must be the objective or one of"),
     ("budget: {trial_epochs: 10, hours: 2}\n", "unknown keys \\['hours'\\] in budget"),
     ("goal: high\n", "goal must be a number"),
     ("objective: {metric: val_loss, goal: 1}\n", "unknown keys \\['goal'\\] in objective"),

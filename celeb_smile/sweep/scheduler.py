@@ -75,7 +75,7 @@ class Sweep:
         self.started = time.monotonic()
         self._finished_elsewhere: dict | None = None
         # Trials that ended and whose end is not on their run yet: index -> (tags to add, the
-        # run's status when the trial ended, whether its history is read to the last epoch).
+        # run's status when the trial ended, whether its series are read to the last epoch).
         # The recorder writes them while the loop goes on.
         self._unrecorded: dict[int, tuple[dict, str, bool]] = {}
         self.recorder = Recorder()
@@ -218,8 +218,8 @@ class Sweep:
         else:  # failed, interrupted, or made by other code: run it again
             trial.state, trial.run_id, trial.metrics = S.PENDING, None, {}
         if trial.state in (S.FINISHED, S.STOPPED):
-            history = self.tracking.histories([trial.run_id], self.spec.objective.metric)
-            trial.history = history.get(trial.run_id, [])
+            for watch in self._series_kept():
+                self._read_series([trial], watch)
         return trial
 
     def _spec_params(self, logged: dict[str, str]) -> dict[str, str]:
@@ -369,24 +369,42 @@ class Sweep:
             return {}
 
     def _read_metrics(self, trials) -> None:
-        metric = self.spec.objective.metric
         self._snapshots = {}
         try:
             snapshots = self.tracking.snapshots(self.experiment_id, [t.run_id for t in trials])
             self._snapshots = snapshots
-            advanced = []
             for trial in trials:
-                snap = snapshots.get(trial.run_id)
-                if snap is not None:
-                    trial.metrics = snap.metrics
-                    if snap.steps.get(metric, -1) + 1 > len(trial.history):
-                        advanced.append(trial)
-            histories = self.tracking.histories([t.run_id for t in advanced], metric)
-            for trial in advanced:
-                trial.history = histories.get(trial.run_id, trial.history)
+                if trial.run_id in snapshots:
+                    trial.metrics = snapshots[trial.run_id].metrics
+            for watch in self._series_kept():
+                self._read_series([t for t in trials if t.run_id in snapshots and
+                                   self._behind(t, snapshots[t.run_id], watch)], watch)
             self._unreachable.pop("tracking server", None)
         except Unavailable as error:
             self._note_unreachable("tracking server", error)
+
+    def _series_kept(self) -> list[str | None]:
+        """The per-epoch series each trial keeps: the objective's (None) and, when the stopping
+        rule judges another metric, that one's."""
+        return [None] + ([self.rule.watch] if self.rule is not None and self.rule.watch else [])
+
+    def _behind(self, trial: Trial, run, watch: str | None) -> bool:
+        """Whether `run` (a RunSnapshot) logged epochs of the series that `trial` has not read."""
+        metric = watch or self.spec.objective.metric
+        return run.steps.get(metric, -1) + 1 > len(trial.series(watch))
+
+    def _read_series(self, trials: list[Trial], watch: str | None) -> None:
+        """Read the series `watch` of `trials` anew (one request for all of them)."""
+        if not trials:
+            return
+        histories = self.tracking.histories([t.run_id for t in trials],
+                                            watch or self.spec.objective.metric)
+        for trial in trials:
+            values = histories.get(trial.run_id, trial.series(watch))
+            if watch is None:
+                trial.history = values
+            else:
+                trial.watched[watch] = values
 
     def _note_unreachable(self, what: str, error: Unavailable) -> None:
         """Keep going through a short outage; give up after `outage_seconds` of it."""
@@ -463,7 +481,7 @@ class Sweep:
 
     def _create_run(self, trial: Trial) -> None:
         trial.started, trial.ended = time.monotonic(), None
-        trial.sweep_run_id, trial.history = self.parent_id, []
+        trial.sweep_run_id, trial.history, trial.watched = self.parent_id, [], {}
         trial.run_id = self.tracking.create_run(self.experiment_id, trial.name,
                                                 self._trial_tags(trial))
         self.tracking.log_tags(trial.run_id, self.backend.run_tags(trial), trial.params)
@@ -563,9 +581,8 @@ class Sweep:
         if trial.run_id:
             run = self._snapshots.get(trial.run_id) or self.tracking.snapshot(trial.run_id)
             self._settle(trial, run)
-            last_step = run.steps.get(self.spec.objective.metric, -1)
-            self._unrecorded[trial.index] = (tags or {}, run.status,
-                                             last_step + 1 <= len(trial.history))
+            read = not any(self._behind(trial, run, w) for w in self._series_kept())
+            self._unrecorded[trial.index] = (tags or {}, run.status, read)
             self.recorder.submit(lambda: self._record_if_unrecorded(trial))
         self.progress.event(trial, str(trial.state) + (f": {trial.reason}" if trial.reason
                                                        else ""))
@@ -605,8 +622,8 @@ class Sweep:
         if run_status in ("RUNNING", "SCHEDULED"):
             self.tracking.end_run(trial.run_id, trial.state.mlflow_status)
         if not history_read:
-            history = self.tracking.histories([trial.run_id], self.spec.objective.metric)
-            trial.history = history.get(trial.run_id, trial.history)
+            for watch in self._series_kept():
+                self._read_series([trial], watch)
         trial.handle = None
 
     def _rewrite_note_now_and_then(self) -> None:

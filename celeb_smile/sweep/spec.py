@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from celeb_smile.config import canonical, config_from_params, format_value
-from celeb_smile.constants import EPOCH_METRICS, FINAL_METRICS
+from celeb_smile.constants import EPOCH_METRIC_DIRECTIONS, EPOCH_METRICS, FINAL_METRICS
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 ENTRY_POINT = "main"
@@ -57,6 +57,7 @@ class EarlyStopping:
     min_trials_required: int = STOPPING_RULES["median"]["min_trials_required"]
     grace_period: int = STOPPING_RULES["asha"]["grace_period"]
     reduction_factor: int = STOPPING_RULES["asha"]["reduction_factor"]
+    metric: str = ""  # what the rule judges: "" = the objective, else a per-epoch metric
 
 
 @dataclass
@@ -86,6 +87,14 @@ class SweepSpec:
     def strategy(self) -> str:
         """The search that runs: `search` as given, else inferred from the space."""
         return self.search or ("random" if self.random_space else "grid")
+
+    def stopping_metric(self) -> tuple[str, str]:
+        """The metric the early-stopping rule judges, and which way it improves."""
+        stopping, objective = self.early_stopping, self.objective
+        metric = (stopping.metric if stopping else "") or objective.metric
+        if metric == objective.metric:
+            return metric, objective.direction
+        return metric, EPOCH_METRIC_DIRECTIONS.get(metric, "")
 
     def sweep_id(self) -> str:
         """Stable identity of the sweep's definition: the same spec resumes the same parent run.
@@ -229,13 +238,14 @@ def early_stopping_rule(rule: str, settings: dict | None = None) -> EarlyStoppin
         raise ValueError(f"early_stopping.rule must be one of {', '.join(STOPPING_RULES)}, "
                          f"got {rule!r}")
     known = STOPPING_RULES[rule]
-    settings = settings or {}
+    settings = dict(settings or {})
+    metric = str(settings.pop("metric", None) or "")  # any rule may judge another metric
     unknown = set(settings) - set(known)
     if unknown:
-        raise ValueError(f"early_stopping: {rule} takes {', '.join(known)}, "
+        raise ValueError(f"early_stopping: {rule} takes {', '.join([*known, 'metric'])}, "
                          f"not {', '.join(sorted(unknown))}")
     return EarlyStopping(rule, **{name: _int(value, f"early_stopping.{name}")
-                                  for name, value in settings.items()})
+                                  for name, value in settings.items()}, metric=metric)
 
 
 def _early_stopping(raw) -> EarlyStopping | None:
@@ -367,9 +377,13 @@ def _check_ending(spec: SweepSpec) -> None:
             if getattr(stopping, name) < least:
                 raise ValueError(f"early_stopping.{name} must be at least {least}, "
                                  f"got {getattr(stopping, name)}")
-        if spec.objective.metric in FINAL_METRICS:
+        metric, direction = spec.stopping_metric()
+        if not direction:
+            raise ValueError(f"early_stopping.metric must be the objective or one of "
+                             f"{', '.join(EPOCH_METRIC_DIRECTIONS)}, got {metric!r}")
+        if metric in FINAL_METRICS:
             raise ValueError(f"early stopping needs a metric logged every epoch; "
-                             f"{spec.objective.metric} is logged once, at the end")
+                             f"{metric} is logged once, at the end")
     if spec.goal is not None and not math.isfinite(spec.goal):
         raise ValueError(f"goal must be a number, got {spec.goal!r}")
     budget = spec.budget

@@ -1,6 +1,10 @@
 """Early stopping: decide, from the per-epoch objective values already logged, which running
 trials are not worth their remaining epochs.
 
+A rule judges the objective or, when the sweep file names one (`early_stopping.metric`),
+another per-epoch metric: val_loss ranks trials at an early rung better than val_accuracy, which
+sits at chance until a model starts to learn (benchmarks/README.md).
+
 Both rules are written here rather than delegated to Optuna's pruners, whose semantics differ
 (Optuna's MedianPruner compares intermediate values, not Katib's running averages; its
 SuccessiveHalvingPruner judges at rungs counted in steps from a minimum resource and keeps
@@ -38,21 +42,28 @@ def make_stopping_rule(spec: SweepSpec) -> StoppingRule | None:
     stopping = spec.early_stopping
     if stopping is None:
         return None
-    metric, direction = spec.objective.metric, spec.objective.direction
+    metric, direction = spec.stopping_metric()
+    watch = None if metric == spec.objective.metric else metric
     if stopping.rule == "median":
-        return MedianStop(metric, direction, stopping.start_step, stopping.min_trials_required)
+        return MedianStop(metric, direction, stopping.start_step, stopping.min_trials_required,
+                          watch=watch)
     if stopping.rule == "asha":
-        return ASHA(metric, direction, stopping.grace_period, stopping.reduction_factor)
+        return ASHA(metric, direction, stopping.grace_period, stopping.reduction_factor,
+                    watch=watch)
     raise ValueError(f"early_stopping.rule must be median or asha, got {stopping.rule!r}")
 
 
 class _Rule:
     name = ""
 
-    def __init__(self, metric: str, direction: str):
+    def __init__(self, metric: str, direction: str, watch: str | None = None):
         self.metric = metric
         self.maximize = direction == "maximize"
+        self.watch = watch  # the Trial.series it judges: None = the objective's history
         self._stopped: set[int] = set()
+
+    def _values(self, trial: Trial) -> list[float]:
+        return trial.series(self.watch)
 
     def decide(self, trials: list[Trial]) -> list[StopDecision]:
         decisions = []
@@ -97,22 +108,23 @@ class MedianStop(_Rule):
     name = "median"
 
     def __init__(self, metric: str, direction: str, start_step: int = 4,
-                 min_trials_required: int = 3):
-        super().__init__(metric, direction)
+                 min_trials_required: int = 3, watch: str | None = None):
+        super().__init__(metric, direction, watch)
         self.start_step = start_step
         self.min_trials_required = min_trials_required
 
     def _judge(self, trial: Trial, trials: list[Trial]) -> StopDecision | None:
-        step = trial.epochs_done
+        values = self._values(trial)
+        step = len(values)
         if step < self.start_step:
             return None
-        averages = [_mean(other.history[:step]) for other in trials
-                    if other.state == TrialState.FINISHED and other.epochs_done >= step]
+        averages = [_mean(self._values(other)[:step]) for other in trials
+                    if other.state == TrialState.FINISHED and len(self._values(other)) >= step]
         averages = [a for a in averages if not math.isnan(a)]  # NaNs never poison the median
         if len(averages) < self.min_trials_required:
             return None
         median = statistics.median(averages)
-        best = self._best(trial.history)
+        best = self._best(values)
         if not self._worse(best, median):
             return None
         return self._decision(trial, step, best, median,
@@ -129,8 +141,8 @@ class ASHA(_Rule):
     name = "asha"
 
     def __init__(self, metric: str, direction: str, grace_period: int = 1,
-                 reduction_factor: int = 3):
-        super().__init__(metric, direction)
+                 reduction_factor: int = 3, watch: str | None = None):
+        super().__init__(metric, direction, watch)
         self.grace_period = grace_period
         self.reduction_factor = reduction_factor
         self._judged: set[tuple[int, int]] = set()  # (trial index, rung) already let through
@@ -143,13 +155,14 @@ class ASHA(_Rule):
         return rungs
 
     def _judge(self, trial: Trial, trials: list[Trial]) -> StopDecision | None:
-        for rung in self.rungs(trial.epochs_done):
+        values = self._values(trial)
+        for rung in self.rungs(len(values)):
             if (trial.index, rung) in self._judged:
                 continue
             self._judged.add((trial.index, rung))
-            value = trial.history[rung - 1]
-            reached = [other.history[rung - 1] for other in trials
-                       if other.epochs_done >= rung]
+            value = values[rung - 1]
+            reached = [self._values(other)[rung - 1] for other in trials
+                       if len(self._values(other)) >= rung]
             keep = max(1, len(reached) // self.reduction_factor)
             finite = sorted((v for v in reached if not math.isnan(v)), reverse=self.maximize)
             threshold = finite[keep - 1] if len(finite) >= keep else math.nan

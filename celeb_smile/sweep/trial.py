@@ -1,6 +1,6 @@
 """One trial of a sweep as the scheduler, the search strategies, the stopping rules and the
 report all see it. Search strategies and stopping rules read only `params`, `state`,
-`history` and `warm_start`; the rest is the scheduler's bookkeeping."""
+`history`, `watched` and `warm_start`; the rest is the scheduler's bookkeeping."""
 
 import math
 import time
@@ -20,6 +20,8 @@ class Trial:
     run_id: str | None = None
     sweep_run_id: str | None = None  # the parent run that submitted it
     history: list[float] = field(default_factory=list)  # objective per epoch (step order)
+    # Per epoch, a metric other than the objective that the stopping rule judges.
+    watched: dict[str, list[float]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # latest value of every metric
     warm_start: bool = False  # an earlier sweep's run, told to the search, never run here
     handle: object = None  # the backend's handle while in flight
@@ -31,6 +33,10 @@ class Trial:
         """Unique across sweeps: the run name of the trial's MLflow run."""
         return f"{self.sweep_id}/trial-{self.index:02d}" if self.sweep_id else \
             f"trial-{self.index:02d}"
+
+    def series(self, metric: str | None = None) -> list[float]:
+        """Per-epoch values of `metric`, or of the objective when None."""
+        return self.history if metric is None else self.watched.get(metric, [])
 
     @property
     def epochs_done(self) -> int:

@@ -1,11 +1,14 @@
 """An in-process backend for fast scheduler tests: each trial "trains" one epoch per poll,
 logging to its real MLflow run (a sqlite store), so the scheduler meets a real tracking store
 and only the cluster is simulated. Parameters script the behaviour:
-  learning_rate -> the val_accuracy it reaches; convolutions=9 -> the trial fails (exit 1)."""
+  learning_rate -> the val_accuracy it reaches (val_loss: 1 - val_accuracy);
+  convolutions=9 -> the trial fails (exit 1)."""
 
 from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
+from mlflow.entities import Metric
+from mlflow.utils.time import get_current_time_millis as now_ms
 
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep.backends import LaunchError, Observation
@@ -85,7 +88,9 @@ class FakeBackend:
             return Observation(TrialState.FAILED, "exit code 1", exit_code=1)
         if handle.polls < handle.epochs:
             value = accuracy(handle.params, handle.polls + 1)
-            self.client.log_metric(handle.run_id, "val_accuracy", value, step=handle.polls)
+            self.client.log_batch(handle.run_id, metrics=[
+                Metric("val_accuracy", value, now_ms(), handle.polls),
+                Metric("val_loss", round(1 - value, 4), now_ms(), handle.polls)])
             handle.polls += 1
             return Observation(TrialState.RUNNING)
         if handle.exiting < 0:
