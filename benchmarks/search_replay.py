@@ -1,0 +1,182 @@
+"""Search replay: search_efficiency.py's sweeps in seconds, to choose settings before spending
+an hour measuring them. Not a measurement: a guide.
+
+The real search (`TPESearch`, random's draws) and the real stopping rules run; training does
+not. Each suggested configuration gets the per-epoch val_accuracy and val_loss of the closest
+configuration `search_efficiency.py --keep DIR` recorded (same convolutions and batch size,
+nearest learning rate; training is deterministic given the parameters, so a recorded one comes
+back exactly). Trials start ~12 s after submission, take each epoch in the time recorded for
+their convolutions and batch size, are polled every 0.5 s, at parallelism 2, as the local
+backend does. `--jitter P` takes the second-nearest recorded curve with probability P, and
+`--draws N` repeats each seed N times, for a spread instead of one answer.
+
+    .venv/bin/python benchmarks/search_replay.py --pool DIR --seeds 0-19 --draws 3 --jitter 0.5 \\
+        --asha 3,3,val_accuracy --asha 3,3,val_loss
+"""
+
+import argparse
+import math
+import random
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from mlflow import MlflowClient  # noqa: E402
+
+from celeb_smile.constants import TrialState  # noqa: E402
+from celeb_smile.sweep.search import make_search  # noqa: E402
+from celeb_smile.sweep.spec import spec_from_mapping  # noqa: E402
+from celeb_smile.sweep.stopping import make_stopping_rule  # noqa: E402
+from celeb_smile.sweep.trial import Trial  # noqa: E402
+from search_efficiency import METRIC, SPACE, WITHIN  # noqa: E402
+
+EPOCHS, PARALLEL, TRIALS = 9, 2, 24
+POLL_S, STARTUP_S, FINISH_S = 0.5, 12.0, 1.5  # as measured on the local backend
+
+
+@dataclass
+class Recorded:
+    learning_rate: float
+    convolutions: int
+    batch_size: int
+    accuracy: list[float]
+    loss: list[float]
+    epoch_s: float
+
+
+def load_pool(directory: Path) -> list[Recorded]:
+    """Every trial that ran all its epochs, from the stores `search_efficiency.py --keep` left."""
+    pool = []
+    for store in sorted(directory.glob("seed*.db")):
+        client = MlflowClient(f"sqlite:///{store}")
+        for experiment in client.search_experiments():
+            for run in client.search_runs([experiment.experiment_id]):
+                if "mlflow.parentRunId" not in run.data.tags:
+                    continue
+                accuracy = client.get_metric_history(run.info.run_id, METRIC)
+                loss = client.get_metric_history(run.info.run_id, "val_loss")
+                if len(accuracy) != EPOCHS or len(loss) != EPOCHS:
+                    continue
+                accuracy, loss = (sorted(h, key=lambda m: m.step) for h in (accuracy, loss))
+                params = run.data.params
+                pool.append(Recorded(
+                    float(params["learning_rate"]), int(params["convolutions"]),
+                    int(params["batch_size"]), [m.value for m in accuracy],
+                    [m.value for m in loss],
+                    (accuracy[-1].timestamp - accuracy[0].timestamp) / 1000 / (EPOCHS - 1)))
+    return pool
+
+
+class Replay:
+    def __init__(self, pool: list[Recorded], jitter: float):
+        self.pool, self.jitter = pool, jitter
+        epoch_s: dict[tuple, list[float]] = {}
+        for r in pool:
+            epoch_s.setdefault((r.convolutions, r.batch_size), []).append(r.epoch_s)
+        self.epoch_s = {key: statistics.median(values) for key, values in epoch_s.items()}
+
+    def closest(self, params: dict, rng: random.Random) -> Recorded:
+        rate = math.log10(float(params["learning_rate"]))
+        same = sorted((abs(math.log10(r.learning_rate) - rate), i) for i, r in enumerate(self.pool)
+                      if (r.convolutions, r.batch_size) ==
+                      (int(params["convolutions"]), int(params["batch_size"])))
+        second = len(same) > 1 and same[0][0] > 0 and rng.random() < self.jitter
+        return self.pool[same[1 if second else 0][1]]
+
+    def sweep(self, settings: dict, seed: int, draw: int) -> dict:
+        """One sweep: its epochs in the order they were logged, and its best final value."""
+        rng = random.Random(draw * 7919 + seed)
+        spec = spec_from_mapping({
+            "experiment": "replay", "objective": {"metric": METRIC, "direction": "maximize"},
+            "max_trials": TRIALS, "seed": seed, "max_parallel": PARALLEL,
+            "params": {"epochs": EPOCHS}, "space": SPACE, **settings})
+        search, rule = make_search(spec), make_stopping_rule(spec)
+        trials, running, logged, now = [], [], [], 0.0
+        while True:
+            while len(running) < PARALLEL:  # one suggestion at a time, as the scheduler asks
+                suggestions = search.get_suggestions(trials, 1)
+                if not suggestions:
+                    break
+                trial = Trial(len(trials) + 1, suggestions[0], state=TrialState.RUNNING)
+                trial.recorded = self.closest(trial.params, rng)
+                epoch_s = self.epoch_s[(trial.recorded.convolutions, trial.recorded.batch_size)]
+                first = now + STARTUP_S * rng.uniform(0.85, 1.15)
+                trial.epoch_ends = [first + epoch_s * (k + 1) for k in range(EPOCHS)]
+                trials.append(trial)
+                running.append(trial)
+            if not running:
+                break
+            now += POLL_S
+            for trial in list(running):
+                while trial.epochs_done < EPOCHS and trial.epoch_ends[trial.epochs_done] <= now:
+                    epoch = trial.epochs_done
+                    trial.history.append(trial.recorded.accuracy[epoch])
+                    trial.watched["val_loss"] = trial.recorded.loss[:epoch + 1]
+                    logged.append((trial.epoch_ends[epoch], trial.history[-1]))
+                if trial.epoch_ends[-1] + FINISH_S <= now:
+                    trial.state, trial.metrics = TrialState.FINISHED, {METRIC: trial.history[-1]}
+                    running.remove(trial)
+            for decision in (rule.decide(trials) if rule else []):
+                trial = trials[decision.trial_index - 1]
+                trial.state = TrialState.STOPPED
+                running.remove(trial)
+        finals = [t.history[-1] for t in trials if t.state == TrialState.FINISHED]
+        return {"values": [value for _, value in sorted(logged)],
+                "best": max(finals, default=math.nan)}
+
+
+def epochs_vs_random(adaptive: dict, random_sweep: dict) -> float:
+    """search_efficiency.py's figure; inf unless the best came within WITHIN of random's."""
+    target = random_sweep["best"] - WITHIN
+    if not adaptive["best"] >= target:
+        return math.inf
+    used = next(i for i, v in enumerate(adaptive["values"], 1) if v >= target)
+    return used / len(random_sweep["values"])
+
+
+def asha(text: str) -> tuple[str, dict]:
+    grace, factor, metric = text.split(",")
+    return f"asha_{grace}_{factor}_{metric}", {
+        "search": "tpe", "early_stopping": {"rule": "asha", "grace_period": int(grace),
+                                            "reduction_factor": int(factor), "metric": metric}}
+
+
+def seeds(text: str) -> list[int]:
+    if "-" in text:
+        low, high = text.split("-")
+        return list(range(int(low), int(high) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pool", required=True, metavar="DIR",
+                        help="a search_efficiency.py --keep directory (its seed*.db stores)")
+    parser.add_argument("--seeds", default="0-4", help="e.g. 0-19 or 0,2,5")
+    parser.add_argument("--draws", type=int, default=1)
+    parser.add_argument("--jitter", type=float, default=0.0)
+    parser.add_argument("--asha", action="append", metavar="GRACE,FACTOR,METRIC",
+                        help="a TPE + ASHA setting to replay (repeatable); "
+                             "default 3,3,val_accuracy and 3,3,val_loss")
+    args = parser.parse_args()
+    replay = Replay(load_pool(Path(args.pool)), args.jitter)
+    print(f"pool_trials: {len(replay.pool)}")
+    settings = dict(asha(a) for a in args.asha or ["3,3,val_accuracy", "3,3,val_loss"])
+    ratios: dict[str, list[float]] = {name: [] for name in settings}
+    for seed in seeds(args.seeds):
+        for draw in range(args.draws):
+            baseline = replay.sweep({"search": "random"}, seed, draw)
+            for name, setting in settings.items():
+                ratios[name].append(epochs_vs_random(replay.sweep(setting, seed, draw), baseline))
+    for name, values in ratios.items():
+        print(f"{name}_epochs_vs_random_median: {statistics.median(values):.3f}")
+        print(f"{name}_goal_met_share: {sum(v <= 0.5 for v in values) / len(values):.2f}")
+        print(f"{name}_never_reached_share: {sum(math.isinf(v) for v in values) / len(values):.2f}")
+
+
+if __name__ == "__main__":
+    main()
