@@ -324,7 +324,8 @@ class Sweep:
 
     def _poll(self) -> None:
         """One round: the backend's view of every trial in flight (one listing), their runs'
-        latest metrics (one query) and new epochs' values (one query), then decisions."""
+        latest metrics (one query) and new epochs' values (one query; a second when the stopping
+        rule judges another metric), then decisions."""
         in_flight = [t for t in self.trials if t.state.in_flight and t.handle is not None]
         if not in_flight:
             return
