@@ -1,5 +1,5 @@
-"""Early stopping: decide, from the per-epoch objective values already logged, which running
-trials are not worth their remaining epochs.
+"""Early stopping: decide, from the per-epoch values already logged, which running trials are
+not worth their remaining epochs.
 
 A rule judges the objective or, when the sweep file names one (`early_stopping.metric`),
 another per-epoch metric: val_loss ranks trials at an early rung better than val_accuracy, which
