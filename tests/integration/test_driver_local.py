@@ -5,6 +5,7 @@ import signal
 import subprocess
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
 from celeb_smile.constants import PID_TAG, STOPPED_TAG
@@ -89,17 +90,29 @@ def test_interrupted_sweep_kills_its_trials_and_exits_cleanly(mlflow_server, tmp
         assert leftover.returncode == 1, f"processes of trial {group} left: {leftover.stdout}"
 
 
-def test_a_hopeless_trial_is_stopped_early_while_the_good_one_finishes(mlflow_server, tmp_path):
-    result = driver(mlflow_server, tmp_path, "--experiment", "it-stop",
-                    "--sweep", str(PROJECT_DIR / "tests" / "cluster" / "median_stop.yaml"))
+@pytest.mark.parametrize("objective", [
+    {"metric": "val_loss", "direction": "minimize"},  # the rule judges the objective
+    {"metric": "val_accuracy", "direction": "maximize"},  # ... or val_loss beside it
+])
+def test_a_hopeless_trial_is_stopped_early_while_the_good_one_finishes(
+        mlflow_server, tmp_path, objective):
+    median_stop = PROJECT_DIR / "tests" / "cluster" / "median_stop.yaml"
+    definition = yaml.safe_load(median_stop.read_text())
+    definition["objective"] = objective
+    definition["early_stopping"]["metric"] = "val_loss"
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(yaml.safe_dump(definition))
+    experiment = f"it-stop-{objective['metric']}"
+    result = driver(mlflow_server, tmp_path, "--experiment", experiment, "--sweep", str(sweep_file))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     client = MlflowClient(mlflow_server)
-    _, children = sweep_runs(client, "it-stop")
+    _, children = sweep_runs(client, experiment)
     by_rate = {c.data.params["learning_rate"]: c for c in children}
     assert by_rate["0.001"].info.status == "FINISHED"
     stopped = by_rate["50.0"]
     assert stopped.info.status == "KILLED"
     assert stopped.data.tags[STOPPED_TAG].startswith("stopped by median at epoch ")
+    assert ": val_loss " in stopped.data.tags[STOPPED_TAG]
     epochs = len(client.get_metric_history(stopped.info.run_id, "val_loss"))
     assert 1 <= epochs < 150  # its metrics so far stay; it never ran to the end
     assert "stopped early" in result.stdout
