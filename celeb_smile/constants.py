@@ -27,12 +27,12 @@ PARAMS_TAG = "celeb_smile.params"  # short 'name=value, ...' of a trial's varyin
 WARM_START_TAG = "celeb_smile.warm_start"  # number of earlier runs that seeded a search
 
 # -- metrics a training run logs (a sweep's objective must be one of them, or declared custom) ---
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch_seconds")  # step = epoch
-FINAL_METRICS = ("test_loss", "test_accuracy")  # once, after the last epoch
-# Which way each per-epoch metric improves: an early-stopping rule may judge one of these
-# instead of the objective (early_stopping.metric).
+# Which way each per-epoch metric of the model improves: an early-stopping rule may judge one of
+# these instead of the objective (early_stopping.metric).
 EPOCH_METRIC_DIRECTIONS = {"loss": "minimize", "accuracy": "maximize",
                            "val_loss": "minimize", "val_accuracy": "maximize"}
+EPOCH_METRICS = (*EPOCH_METRIC_DIRECTIONS, "epoch_seconds")  # step = epoch
+FINAL_METRICS = ("test_loss", "test_accuracy")  # once, after the last epoch
 # -- experiment tags --------------------------------------------------------------------------
 # MLflow 3's UI opens an experiment in the view its kind names; without it, in the GenAI view.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"

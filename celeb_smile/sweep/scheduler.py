@@ -401,11 +401,7 @@ class Sweep:
         histories = self.tracking.histories([t.run_id for t in trials],
                                             watch or self.spec.objective.metric)
         for trial in trials:
-            values = histories.get(trial.run_id, trial.series(watch))
-            if watch is None:
-                trial.history = values
-            else:
-                trial.watched[watch] = values
+            trial.set_series(watch, histories.get(trial.run_id, trial.series(watch)))
 
     def _note_unreachable(self, what: str, error: Unavailable) -> None:
         """Keep going through a short outage; give up after `outage_seconds` of it."""

@@ -38,6 +38,12 @@ class Trial:
         """Per-epoch values of `metric`, or of the objective when None."""
         return self.history if metric is None else self.watched.get(metric, [])
 
+    def set_series(self, metric: str | None, values: list[float]) -> None:
+        if metric is None:
+            self.history = values
+        else:
+            self.watched[metric] = values
+
     @property
     def epochs_done(self) -> int:
         return len(self.history)
