@@ -10,6 +10,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.server import get_app_client
 
+from celeb_smile.constants import EPOCH_METRICS, ERROR_TAG
 from celeb_smile.sweep.access import grant_trainer
 from tests.cluster.conftest import (
     LABEL_KEY, TrainingJobs, http_status, job_pod_logs, job_pods, mlflow_run_on_cluster,
@@ -17,9 +18,6 @@ from tests.cluster.conftest import (
 from tests.conftest import SMALL_PARAMS
 
 pytestmark = pytest.mark.cluster
-
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
-ERROR_TAG = "celeb_smile.error"  # celeb_smile.cli.ERROR_TAG
 
 
 @pytest.fixture(scope="module")
