@@ -56,14 +56,19 @@ CONFIGS = {  # name -> what differs from random search
 }
 
 
-def sweep_file(directory: Path, name: str, seed: int, args) -> Path:
-    definition = {
-        "experiment": f"bench-{name}-seed{seed}",
+def sweep_definition(experiment: str, settings: dict, seed: int, args) -> dict:
+    """A sweep file's content: the shared space and sizes, and `settings` (CONFIGS' values)."""
+    return {
+        "experiment": experiment,
         "objective": {"metric": METRIC, "direction": "maximize"},
         "max_trials": args.trials, "seed": seed, "max_parallel": args.parallel,
         "params": {"epochs": args.epochs, "training_samples": args.training_samples,
                    "validation_samples": args.validation_samples, "dataset": "synthetic"},
-        "space": SPACE, **CONFIGS[name]}
+        "space": SPACE, **settings}
+
+
+def sweep_file(directory: Path, name: str, seed: int, args) -> Path:
+    definition = sweep_definition(f"bench-{name}-seed{seed}", CONFIGS[name], seed, args)
     path = directory / f"{name}-seed{seed}.yaml"
     path.write_text(f"# search_efficiency.py: {name}, seed {seed}\n"
                     + yaml.safe_dump(definition, sort_keys=False))
@@ -107,6 +112,7 @@ def summarise(points) -> dict:
 
 
 def epochs_to_reach(points, target: float) -> float:
+    """How many of `points` (time, value, trial), in time order, until a value reaches target."""
     for used, (_, value, _) in enumerate(points, start=1):
         if value >= target:
             return used
@@ -137,14 +143,19 @@ def one_seed(seed: int, args, root: Path) -> dict:
     return {"ratio": ratio, "results": results}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+def add_size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sweeps' sizes (search_replay.py replays the same ones)."""
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--epochs", type=int, default=9)
     parser.add_argument("--training-samples", type=int, default=300)
     parser.add_argument("--validation-samples", type=int, default=300)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    add_size_arguments(parser)
     parser.add_argument("--keep", metavar="DIR",
                         help="keep the sweep files, driver logs and MLflow stores in DIR")
     args = parser.parse_args()

@@ -6,8 +6,8 @@ not. Each suggested configuration gets the per-epoch val_accuracy and val_loss o
 configuration `search_efficiency.py --keep DIR` recorded (same convolutions and batch size,
 nearest learning rate; training is deterministic given the parameters, so a recorded one comes
 back exactly). Trials start ~12 s after submission, take each epoch in the time recorded for
-their convolutions and batch size, are polled every 0.5 s, at parallelism 2, as the local
-backend does. `--jitter P` takes the second-nearest recorded curve with probability P, and
+their convolutions and batch size, and are polled every 0.5 s, as the local backend does; the
+sweeps' sizes and figures are search_efficiency.py's (same flags and defaults). `--jitter P` takes the second-nearest recorded curve with probability P, and
 `--draws N` repeats each seed N times, for a spread instead of one answer.
 
     .venv/bin/python benchmarks/search_replay.py --pool DIR --seeds 0-19 --draws 3 --jitter 0.5 \\
@@ -32,9 +32,9 @@ from celeb_smile.sweep.search import make_search  # noqa: E402
 from celeb_smile.sweep.spec import spec_from_mapping  # noqa: E402
 from celeb_smile.sweep.stopping import make_stopping_rule  # noqa: E402
 from celeb_smile.sweep.trial import Trial  # noqa: E402
-from search_efficiency import METRIC, SPACE, WITHIN  # noqa: E402
+from search_efficiency import (CONFIGS, METRIC, WITHIN, add_size_arguments,  # noqa: E402
+                               epochs_to_reach, summarise, sweep_definition)
 
-EPOCHS, PARALLEL, TRIALS = 9, 2, 24
 POLL_S, STARTUP_S, FINISH_S = 0.5, 12.0, 1.5  # as measured on the local backend
 
 
@@ -48,7 +48,7 @@ class Recorded:
     epoch_s: float
 
 
-def load_pool(directory: Path) -> list[Recorded]:
+def load_pool(directory: Path, epochs: int) -> list[Recorded]:
     """Every trial that ran all its epochs, from the stores `search_efficiency.py --keep` left."""
     pool = []
     for store in sorted(directory.glob("seed*.db")):
@@ -59,7 +59,7 @@ def load_pool(directory: Path) -> list[Recorded]:
                     continue
                 accuracy = client.get_metric_history(run.info.run_id, METRIC)
                 loss = client.get_metric_history(run.info.run_id, "val_loss")
-                if len(accuracy) != EPOCHS or len(loss) != EPOCHS:
+                if len(accuracy) != epochs or len(loss) != epochs:
                     continue
                 accuracy, loss = (sorted(h, key=lambda m: m.step) for h in (accuracy, loss))
                 params = run.data.params
@@ -67,13 +67,13 @@ def load_pool(directory: Path) -> list[Recorded]:
                     float(params["learning_rate"]), int(params["convolutions"]),
                     int(params["batch_size"]), [m.value for m in accuracy],
                     [m.value for m in loss],
-                    (accuracy[-1].timestamp - accuracy[0].timestamp) / 1000 / (EPOCHS - 1)))
+                    (accuracy[-1].timestamp - accuracy[0].timestamp) / 1000 / (epochs - 1)))
     return pool
 
 
 class Replay:
-    def __init__(self, pool: list[Recorded], jitter: float):
-        self.pool, self.jitter = pool, jitter
+    def __init__(self, pool: list[Recorded], jitter: float, sizes):
+        self.pool, self.jitter, self.sizes = pool, jitter, sizes  # sizes: --trials, --epochs...
         epoch_s: dict[tuple, list[float]] = {}
         for r in pool:
             epoch_s.setdefault((r.convolutions, r.batch_size), []).append(r.epoch_s)
@@ -88,16 +88,14 @@ class Replay:
         return self.pool[same[1 if second else 0][1]]
 
     def sweep(self, settings: dict, seed: int, draw: int) -> dict:
-        """One sweep: its epochs in the order they were logged, and its best final value."""
+        """One sweep: every epoch's (time, value, trial) in the order they were logged."""
         rng = random.Random(draw * 7919 + seed)
-        spec = spec_from_mapping({
-            "experiment": "replay", "objective": {"metric": METRIC, "direction": "maximize"},
-            "max_trials": TRIALS, "seed": seed, "max_parallel": PARALLEL,
-            "params": {"epochs": EPOCHS}, "space": SPACE, **settings})
+        spec = spec_from_mapping(sweep_definition("replay", settings, seed, self.sizes))
         search, rule = make_search(spec), make_stopping_rule(spec)
+        epochs = self.sizes.epochs
         trials, running, logged, now = [], [], [], 0.0
         while True:
-            while len(running) < PARALLEL:  # one suggestion at a time, as the scheduler asks
+            while len(running) < spec.max_parallel:  # one suggestion at a time, as the scheduler
                 suggestions = search.get_suggestions(trials, 1)
                 if not suggestions:
                     break
@@ -105,18 +103,18 @@ class Replay:
                 trial.recorded = self.closest(trial.params, rng)
                 epoch_s = self.epoch_s[(trial.recorded.convolutions, trial.recorded.batch_size)]
                 first = now + STARTUP_S * rng.uniform(0.85, 1.15)
-                trial.epoch_ends = [first + epoch_s * (k + 1) for k in range(EPOCHS)]
+                trial.epoch_ends = [first + epoch_s * (k + 1) for k in range(epochs)]
                 trials.append(trial)
                 running.append(trial)
             if not running:
                 break
             now += POLL_S
             for trial in list(running):
-                while trial.epochs_done < EPOCHS and trial.epoch_ends[trial.epochs_done] <= now:
+                while trial.epochs_done < epochs and trial.epoch_ends[trial.epochs_done] <= now:
                     epoch = trial.epochs_done
                     trial.history.append(trial.recorded.accuracy[epoch])
                     trial.watched["val_loss"] = trial.recorded.loss[:epoch + 1]
-                    logged.append((trial.epoch_ends[epoch], trial.history[-1]))
+                    logged.append((trial.epoch_ends[epoch], trial.history[-1], trial.index))
                 if trial.epoch_ends[-1] + FINISH_S <= now:
                     trial.state, trial.metrics = TrialState.FINISHED, {METRIC: trial.history[-1]}
                     running.remove(trial)
@@ -124,18 +122,15 @@ class Replay:
                 trial = trials[decision.trial_index - 1]
                 trial.state = TrialState.STOPPED
                 running.remove(trial)
-        finals = [t.history[-1] for t in trials if t.state == TrialState.FINISHED]
-        return {"values": [value for _, value in sorted(logged)],
-                "best": max(finals, default=math.nan)}
+        return sorted(logged)
 
 
-def epochs_vs_random(adaptive: dict, random_sweep: dict) -> float:
+def epochs_vs_random(adaptive: list, random_sweep: list) -> float:
     """search_efficiency.py's figure; inf unless the best came within WITHIN of random's."""
-    target = random_sweep["best"] - WITHIN
-    if not adaptive["best"] >= target:
+    target = summarise(random_sweep)["best"] - WITHIN
+    if not summarise(adaptive)["best"] >= target:
         return math.inf
-    used = next(i for i, v in enumerate(adaptive["values"], 1) if v >= target)
-    return used / len(random_sweep["values"])
+    return epochs_to_reach(adaptive, target) / len(random_sweep)
 
 
 def asha(text: str) -> tuple[str, dict]:
@@ -162,14 +157,15 @@ def main() -> None:
     parser.add_argument("--asha", action="append", metavar="GRACE,FACTOR,METRIC",
                         help="a TPE + ASHA setting to replay (repeatable); "
                              "default 3,3,val_accuracy and 3,3,val_loss")
+    add_size_arguments(parser)
     args = parser.parse_args()
-    replay = Replay(load_pool(Path(args.pool)), args.jitter)
+    replay = Replay(load_pool(Path(args.pool), args.epochs), args.jitter, args)
     print(f"pool_trials: {len(replay.pool)}")
     settings = dict(asha(a) for a in args.asha or ["3,3,val_accuracy", "3,3,val_loss"])
     ratios: dict[str, list[float]] = {name: [] for name in settings}
     for seed in seeds(args.seeds):
         for draw in range(args.draws):
-            baseline = replay.sweep({"search": "random"}, seed, draw)
+            baseline = replay.sweep(CONFIGS["random"], seed, draw)
             for name, setting in settings.items():
                 ratios[name].append(epochs_vs_random(replay.sweep(setting, seed, draw), baseline))
     for name, values in ratios.items():
