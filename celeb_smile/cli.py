@@ -1,12 +1,32 @@
 """train.py's entry point: bad input becomes one line on stderr and exit code 2.
 
 Every call to the tracking server goes through `patiently`: a server restarting mid-training
-delays the run, it does not fail it."""
+delays the run, it does not fail it.
+
+SIGTERM (the trial's Job or pod deleted, the pod evicted or preempted, the driver cancelling
+a local trial) stops training within one step: the run ends KILLED with the reason, unless
+whoever sent the signal already ended it (then it is left exactly as they left it), and the
+process exits 143. As a container's PID 1, Python would otherwise ignore SIGTERM until the
+SIGKILL that follows it.
+"""
 
 import os
+import signal
 import sys
 
-from celeb_smile.constants import ERROR_TAG, EXIT_BAD_INPUT, EXIT_TRIAL_FAILED
+from celeb_smile.constants import (ERROR_TAG, EXIT_BAD_INPUT, EXIT_TERMINATED, EXIT_TRIAL_FAILED,
+                                   REASON_TAG)
+
+TERMINATED_REASON = ("terminated by SIGTERM (its Job or pod was deleted, or the pod evicted "
+                     "or preempted)")
+# The run's end is written within this long after a SIGTERM: well inside the Job template's
+# terminationGracePeriodSeconds (30), after which Kubernetes sends SIGKILL.
+TERMINATION_PATIENCE_S = 15
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by SIGTERM: not an Exception, so no handler on the way
+    mistakes it for a training error."""
 
 
 def fail(message: str, exit_code: int = EXIT_BAD_INPUT) -> int:
@@ -17,12 +37,19 @@ def fail(message: str, exit_code: int = EXIT_BAD_INPUT) -> int:
 def train_main(argv=None) -> int:
     from celeb_smile.config import parse_args
 
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        cfg = parse_args(argv)
-    except ValueError as error:
-        _record_failure_on_launched_run(str(error))
-        return fail(str(error))
+        try:
+            cfg = parse_args(argv)
+        except ValueError as error:
+            _record_failure_on_launched_run(str(error))
+            return fail(str(error))
+        return _train_and_record(cfg)
+    except Terminated:
+        _end_terminated()
 
+
+def _train_and_record(cfg) -> int:
     import mlflow
 
     from celeb_smile.retry import patiently
@@ -46,6 +73,53 @@ def train_main(argv=None) -> int:
         raise
     _end_run(client, run_id, "FINISHED")
     return 0
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+def _end_terminated():
+    """End the run KILLED with the reason if it is still RUNNING, then leave at once: MLflow
+    ends an active run FINISHED at interpreter exit, which must not happen to this one."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM cuts nothing short
+    print(f"error: {TERMINATED_REASON}", file=sys.stderr, flush=True)
+    try:
+        _end_run_unless_ended(_current_run_id(), "KILLED", TERMINATED_REASON)
+    except Exception as error:  # noqa: BLE001 - leaving anyway; the driver records the end
+        print(f"the run's end was not recorded: {type(error).__name__}: {error}",
+              file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_TERMINATED)
+
+
+def _current_run_id() -> str | None:
+    import mlflow
+
+    active = mlflow.active_run()
+    return active.info.run_id if active else os.environ.get("MLFLOW_RUN_ID")
+
+
+def _end_run_unless_ended(run_id: str | None, status: str, reason: str) -> None:
+    """Whoever ended the run first (the driver cancelling, stopping or failing the trial) has
+    the last word: a run no longer RUNNING keeps its status and tags."""
+    if not run_id:
+        return
+    from mlflow import MlflowClient
+
+    from celeb_smile.retry import patiently
+
+    client = MlflowClient()
+    current = patiently("read the run", lambda: client.get_run(run_id),
+                        patience_s=TERMINATION_PATIENCE_S).info.status
+    if current != "RUNNING":
+        print(f"run {run_id} already ended {current}: left as it is", file=sys.stderr,
+              flush=True)
+        return
+    patiently("record the reason", lambda: client.set_tag(run_id, REASON_TAG, reason),
+              patience_s=TERMINATION_PATIENCE_S)
+    patiently("end the run", lambda: client.set_terminated(run_id, status),
+              patience_s=TERMINATION_PATIENCE_S)
 
 
 def _end_run(client, run_id: str, status: str) -> None:

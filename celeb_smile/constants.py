@@ -10,6 +10,7 @@ EXIT_OK = 0  # every trial finished (early-stopped trials count as finished work
 EXIT_TRIAL_FAILED = 1  # a trial failed, or the sweep could not go on (outage, no cluster)
 EXIT_BAD_INPUT = 2  # refused before anything was created; one line on stderr
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGTERM: in-flight trials were cancelled
+EXIT_TERMINATED = 143  # train.py stopped by SIGTERM (128 + 15): its run ended KILLED
 
 # -- run tags ---------------------------------------------------------------------------------
 ERROR_TAG = "celeb_smile.error"  # a run that train.py rejected or that crashed: the message

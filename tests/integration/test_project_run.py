@@ -1,6 +1,7 @@
 """`mlflow run` of the project against a real tracking server: what a run records."""
 
 import os
+import signal
 import subprocess
 import time
 
@@ -10,7 +11,8 @@ import pytest
 from mlflow import MlflowClient
 
 from celeb_smile import IMAGE_SHAPE
-from celeb_smile.constants import ERROR_TAG, EPOCH_METRICS, FINAL_METRICS
+from celeb_smile.constants import (ERROR_TAG, EPOCH_METRICS, EXIT_TERMINATED, FINAL_METRICS,
+                                   REASON_TAG)
 from tests.helpers.flaky_front import flaky_front
 from tests.helpers.project import docker_free_project, train_argv
 from tests.conftest import BIN_DIR, PROJECT_DIR
@@ -149,3 +151,60 @@ def test_training_waits_out_a_server_that_is_away_and_logs_to_its_own_run(
     assert client.get_run(launched).info.status == "FINISHED"
     for metric in EPOCH_METRICS:
         assert sorted(m.step for m in client.get_metric_history(launched, metric)) == [0, 1]
+
+
+def start_training(tracking_uri, params):
+    """`python train.py` on a run created here (as the driver does); (process, client, run id)."""
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment(f"sigterm-{time.time_ns()}")
+    run_id = client.create_run(experiment_id).info.run_id
+    process = subprocess.Popen(
+        train_argv(params), cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, env=dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri, MLFLOW_RUN_ID=run_id,
+                            MLFLOW_EXPERIMENT_ID=experiment_id))
+    return process, client, run_id
+
+
+def epochs_logged(client, run_id) -> int:
+    return len(client.get_metric_history(run_id, "loss"))
+
+
+def wait_for_epochs(process, client, run_id, count: int, timeout: float = 300) -> int:
+    """Until the run has `count` epochs (a hang guard, not a speed figure)."""
+    deadline = time.monotonic() + timeout
+    while (logged := epochs_logged(client, run_id)) < count:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.2)
+    return logged
+
+
+LONG_EPOCHS = dict(LEARNING_PARAMS, epochs="50", training_samples="3000")
+
+
+def test_sigterm_mid_epoch_ends_the_run_killed_with_the_reason_and_exits_143(mlflow_server):
+    process, client, run_id = start_training(mlflow_server, LONG_EPOCHS)
+    before = wait_for_epochs(process, client, run_id, 1)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == EXIT_TERMINATED, output[-3000:]
+    assert "error: terminated by SIGTERM" in output
+    run = client.get_run(run_id)
+    assert run.info.status == "KILLED"
+    assert run.data.tags[REASON_TAG].startswith("terminated by SIGTERM")
+    assert epochs_logged(client, run_id) <= before + 1  # stopped within the epoch under way
+    assert "model" not in {a.path for a in client.list_artifacts(run_id)}
+
+
+def test_a_run_ended_by_the_driver_before_the_sigterm_is_left_as_the_driver_left_it(
+        mlflow_server):
+    process, client, run_id = start_training(mlflow_server, LONG_EPOCHS)
+    wait_for_epochs(process, client, run_id, 1)
+    client.set_tag(run_id, REASON_TAG, "stopped by asha at epoch 1")
+    client.set_terminated(run_id, "FAILED")  # a status train.py itself never writes on SIGTERM
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == EXIT_TERMINATED, output[-3000:]
+    assert "already ended FAILED: left as it is" in output
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED"
+    assert run.data.tags[REASON_TAG] == "stopped by asha at epoch 1"
