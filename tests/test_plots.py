@@ -1,10 +1,12 @@
 """The sweep's plots, inspected as matplotlib figures (lines, legends, ticks), not pixels."""
 
+import pytest
+
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep import plots
 from celeb_smile.sweep.report import ranked
 from celeb_smile.sweep.spec import Objective
-from tests.helpers.fake_sweep import trial
+from tests.helpers.fake_sweep import finished_trials, trial
 
 METRIC = "val_accuracy"
 
@@ -77,3 +79,41 @@ def test_parallel_coordinates_draw_a_line_per_trial_with_categories_as_positions
     assert [t.get_text() for t in ax.get_xticklabels()] == ["lr", "opt", "conv", METRIC]
     annotations = {text.get_text() for text in ax.texts}
     assert {"adam", "sgd", "0.001", "0.1"} <= annotations
+
+
+def bars_of(scored):
+    figure = plots.objective_figure(scored, METRIC, ["convolutions"])
+    ax = figure.axes[0]
+    return figure, ax, [label.get_text().split(":")[0] for label in ax.get_yticklabels()]
+
+
+def test_a_thousand_trials_draw_the_top_bars_and_count_the_rest():
+    scored = ranked(finished_trials(1000), Objective())
+    figure, ax, names = bars_of(scored)
+    assert len(ax.patches) == plots.TOP_BARS == 25
+    assert names == [t.name for t in scored[:25]]  # best first
+    assert figure.get_size_inches()[1] == bars_of(scored[:25])[0].get_size_inches()[1]
+    assert ax.get_title().splitlines() == [f"{METRIC} per trial (best first)",
+                                           "top 25 of 1000 trials; 975 more in summary.csv"]
+
+
+def test_a_small_sweep_draws_a_bar_per_trial_and_nothing_about_more():
+    scored = ranked(finished_trials(4), Objective())
+    figure, ax, names = bars_of(scored)
+    assert names == ["s1/trial-04", "s1/trial-03", "s1/trial-02", "s1/trial-01"]
+    assert ax.get_title() == f"{METRIC} per trial (best first)"
+    assert figure.get_size_inches()[1] == pytest.approx(0.45 * 4 + 1.2)  # as before
+
+
+def test_parallel_coordinates_of_a_thousand_trials_keep_every_line_in_the_same_size():
+    def figure_of(count):
+        trials = finished_trials(count)
+        for t in trials:
+            t.params = {"lr": str(t.index / 1000), "opt": "sgd", "conv": str(t.index % 3)}
+        return plots.parallel_figure(trials, METRIC, ["lr", "opt", "conv"], "maximize")
+
+    small, large = figure_of(3), figure_of(1000)
+    assert tuple(large.get_size_inches()) == tuple(small.get_size_inches())
+    lines = [line for line in large.axes[0].get_lines() if not line.get_label().startswith("_")]
+    assert len(lines) == 1000
+    assert large.axes[0].get_title() == f"parameters vs {METRIC} (1000 trials)"

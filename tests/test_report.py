@@ -1,12 +1,15 @@
 """The report's logic without a server: ranking, summary rows across reruns, the note."""
 
 import csv
+import io
 from types import SimpleNamespace
+
+from rich.console import Console
 
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep import report
 from celeb_smile.sweep.spec import Objective
-from tests.helpers.fake_sweep import FakeSweep, spec_with, trial
+from tests.helpers.fake_sweep import FakeSweep, finished_trials, spec_with, trial
 
 METRIC = "val_accuracy"
 VARYING = ["convolutions"]
@@ -102,6 +105,64 @@ def test_the_note_of_a_sweep_in_progress_has_no_best_yet():
     note = note_of([trial(1, TrialState.RUNNING), trial(2, TrialState.PENDING)])
     assert "**Status**: running" in note and "1 pending, 1 running" in note
     assert "**Best**: none yet" in note
+
+
+def test_the_note_of_a_thousand_trials_is_as_short_as_that_of_four():
+    def note(count):
+        trials = finished_trials(count)
+        sweep = FakeSweep(spec_with({"seed": [str(i) for i in range(count)]}), trials)
+        best = report.best_trial(trials, sweep.spec.objective)
+        return report.note_markdown(sweep, "7", "parent-1", best, None, ["plots/a.png"])
+
+    small, large = note(4), note(1000)
+    assert "`seed` ∈ {0, 1, 2, 3}" in small
+    assert "`seed` ∈ {0, 1, 2, 3, 4, 5, 6, 7, … (1000 values)}" in large
+    assert len(large.splitlines()) == len(small.splitlines())
+    assert len(large) < len(small) + 100
+    assert large.count("trial-") == 1  # the best, and no other trial
+
+
+def recording_console() -> Console:
+    return Console(width=200, record=True, file=io.StringIO())
+
+
+def rendered(renderable) -> str:
+    console = recording_console()
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_the_summary_table_of_a_thousand_trials_shows_the_best_and_counts_the_rest():
+    rows = report.ranked(finished_trials(1000), Objective())
+    table = report.summary_table(rows, VARYING, METRIC)
+    assert table.row_count == report.SUMMARY_ROWS == 20
+    text = rendered(table)
+    assert "top 20 of 1000 trials; 980 more in summary.csv" in text
+    assert [line.split()[3] for line in text.splitlines() if "s1/trial-" in line] == \
+        [t.name for t in rows[:20]]
+
+
+def test_the_summary_table_of_a_small_sweep_has_every_trial_and_no_more():
+    rows = report.ranked(finished_trials(4), Objective())
+    table = report.summary_table(rows, VARYING, METRIC)
+    assert table.row_count == 4 and table.caption is None
+    assert "more" not in rendered(table)
+
+
+def failures_printed(count) -> list[str]:
+    console = recording_console()
+    rows = [trial(i, TrialState.FAILED, reason=f"exit code {i}") for i in range(1, count + 1)]
+    report.print_failures(console, [trial(0, history=[0.9])] + rows)
+    return console.export_text().splitlines()
+
+
+def test_failed_trials_are_named_up_to_a_bound_then_counted():
+    lines = failures_printed(25)
+    assert len(lines) == report.FAILURES_NAMED + 1 == 11
+    assert lines[0] == "s1/trial-01 failed: exit code 1"
+    assert lines[-1] == "and 15 more failed: see summary.csv"
+    assert failures_printed(2) == ["s1/trial-01 failed: exit code 1",
+                                   "s1/trial-02 failed: exit code 2"]
 
 
 def test_experiment_links_open_the_model_training_view():

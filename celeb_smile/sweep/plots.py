@@ -1,6 +1,7 @@
 """A sweep's plots, as matplotlib figures (no pyplot state, so they can be inspected in tests):
 the objective per trial, the learning curves of the top trials, and a parallel-coordinates
-view of the parameters against the objective."""
+view of the parameters against the objective. Their sizes do not grow with the sweep's: the
+bar chart shows the top TOP_BARS trials and says how many more there are."""
 
 import math
 
@@ -10,10 +11,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from celeb_smile.constants import TrialState
-from celeb_smile.sweep.progress import label
+from celeb_smile.sweep.progress import label, top_of
 
+TOP_BARS = 25  # bars of the objective chart: the best trials; summary.csv has every one
+BAR_INCHES = 0.45  # the objective chart's height per bar
 TOP_CURVES = 3  # learning curves drawn for this many of the best trials
 PARALLEL_MIN_PARAMS = 3  # below that the bar chart says it all
+PARALLEL_CROWDED = 50  # more lines than this are drawn thin, faint and without markers
 DPI = 100
 # Drawn best first, thickest at the bottom: equal curves still show every one of them.
 CURVE_STYLES = [dict(linewidth=6, marker="o", markersize=11, alpha=0.55, color="tab:blue"),
@@ -23,18 +27,22 @@ CURVE_STATES = (TrialState.FINISHED, TrialState.SKIPPED, TrialState.STOPPED)
 
 
 def objective_figure(scored, metric: str, varying: list[str]) -> Figure:
-    """A bar per trial, best first."""
-    fig = Figure(figsize=(8, 0.45 * max(len(scored), 2) + 1.2))
+    """A bar per trial, best first: the top TOP_BARS of `scored` (ranked best first)."""
+    shown = scored[:TOP_BARS]
+    fig = Figure(figsize=(8, BAR_INCHES * max(len(shown), 2) + 1.2))
     ax = fig.subplots()
-    bars = ax.barh([f"{t.name}: {label(t, varying)}" for t in scored],
-                   [t.metrics[metric] for t in scored], color="tab:blue")
+    bars = ax.barh([f"{t.name}: {label(t, varying)}" for t in shown],
+                   [t.metrics[metric] for t in shown], color="tab:blue")
     ax.bar_label(bars, fmt="%.4f", padding=3)
-    values = [t.metrics[metric] for t in scored]
+    values = [t.metrics[metric] for t in shown]
     if values and min(values) >= 0 < max(values):
         ax.set_xlim(0, max(values) * 1.2)  # room for the labels
     ax.invert_yaxis()
     ax.set_xlabel(metric)
-    ax.set_title(f"{metric} per trial (best first)")
+    title = f"{metric} per trial (best first)"
+    if len(shown) < len(scored):
+        title += "\n" + top_of(len(shown), len(scored))
+    ax.set_title(title)
     fig.tight_layout()
     return fig
 
@@ -83,11 +91,11 @@ def parallel_figure(scored, metric: str, varying: list[str], direction: str) -> 
     ax = fig.subplots()
     worst_first = sorted(range(len(scored)), key=lambda row: objective[row],
                          reverse=direction != "maximize")
+    style = _parallel_style(len(scored))
     for row in worst_first:  # the best drawn last, on top
         trial = scored[row]
-        ax.plot(range(len(axes)), [positions[row] for positions, _ in axes], marker="o",
-                color=colours.to_rgba(objective[row]), linewidth=2, alpha=0.85,
-                label=trial.name)
+        ax.plot(range(len(axes)), [positions[row] for positions, _ in axes],
+                color=colours.to_rgba(objective[row]), label=trial.name, **style)
     for x, (_, ticks) in enumerate(axes):
         ax.axvline(x, color="grey", linewidth=1, label="_axis")
         for position, text in ticks:
@@ -104,6 +112,12 @@ def parallel_figure(scored, metric: str, varying: list[str], direction: str) -> 
     ax.set_title(f"parameters vs {metric} ({len(scored)} trials)")
     fig.tight_layout()
     return fig
+
+
+def _parallel_style(lines: int) -> dict:
+    if lines > PARALLEL_CROWDED:
+        return dict(linewidth=0.8, alpha=0.35)
+    return dict(marker="o", linewidth=2, alpha=0.85)
 
 
 def _axis(values) -> tuple[list[float], list[tuple[float, str]]]:

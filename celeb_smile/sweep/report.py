@@ -1,6 +1,8 @@
 """What a sweep tells its user: the experiment opened in MLflow's model-training view, the
 parent run's note (what the sweep is and what it found, rewritten as it goes), and at the end
 a summary (console table + summary.csv), plots, the best-run tag, and promotion if asked.
+Whatever the sweep's size, the console table, the plots and the note stay short: they show
+the best trials and count the rest; summary.csv has them all.
 
 A rerun never overwrites a record of what happened: summary.csv has a row per run that a
 trial of this sweep ever had (the state it ended in and the sweep run that ran it), earlier
@@ -10,7 +12,6 @@ import csv
 import io
 import math
 import tempfile
-from collections import Counter
 from pathlib import Path
 
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
@@ -21,17 +22,21 @@ from celeb_smile.constants import (BEST_RUN_TAG, EXPERIMENT_KIND_MODEL_TRAINING,
                                    EXPERIMENT_KIND_TAG, REGISTERED_MODEL, TrialState)
 from celeb_smile.retry import Unavailable
 from celeb_smile.sweep import plots, promotion
-from celeb_smile.sweep.progress import STATE_WORDS, label, params_label, styled_state
+from celeb_smile.sweep.progress import (SUMMARY_CSV, TRAINED_TO_END, counted, label,
+                                        params_label, styled_state, top_of)
 
 __all__ = ["prepare_experiment", "update_note", "finish", "params_label", "ranked",
            "best_trial", "summary_rows", "merged_summary"]
 
-SUMMARY_CSV = "summary.csv"
 PLOTS_DIR = "plots"
 OBJECTIVE_PNG = "objective_per_combination.png"
 CURVES_PNG = "learning_curves_top.png"
 PARALLEL_PNG = "parallel_coordinates.png"
 NOT_RUN_HERE = (TrialState.PENDING, TrialState.SKIPPED)
+SUMMARY_ROWS = 20  # trials in the console's summary table; summary.csv has every one
+FAILURES_NAMED = 10  # failed trials printed with their reason under the summary table
+# Values of a grid parameter the note lists: a grid's values grow with its trials.
+SPACE_VALUES_SHOWN = 8
 
 
 def prepare_experiment(client, experiment_id: str) -> None:
@@ -65,7 +70,7 @@ def ranked(trials, objective) -> list:
 def best_trial(trials, objective):
     """The best trial that trained to its end (in this sweep run or an earlier one)."""
     candidates = [t for t in ranked(own_trials(trials), objective)
-                  if TrialState(t.state) in (TrialState.FINISHED, TrialState.SKIPPED)
+                  if TrialState(t.state) in TRAINED_TO_END
                   and objective_value(t, objective.metric) is not None]
     return candidates[0] if candidates else None
 
@@ -81,10 +86,7 @@ def finish(sweep, parent_run_id: str) -> None:
     metric, varying = spec.objective.metric, spec.varying()
     rows = ranked(own_trials(sweep.trials), spec.objective)
     console.print(summary_table(rows, varying, metric))
-    for trial in rows:
-        if TrialState(trial.state) == TrialState.FAILED:
-            console.print(f"[red]{escape(trial.name)} failed[/]: {escape(trial.reason)}",
-                          highlight=False)
+    print_failures(console, rows)
     try:
         _record(sweep, parent_run_id, rows)
     except Unavailable:
@@ -133,16 +135,31 @@ def _record(sweep, parent_run_id: str, rows) -> None:
 
 
 def summary_table(rows, varying, metric) -> Table:
-    table = Table(title="sweep summary (best first)", title_justify="left")
+    """The best SUMMARY_ROWS trials; a caption counts the rest."""
+    shown = rows[:SUMMARY_ROWS]
+    table = Table(title="sweep summary (best first)", title_justify="left",
+                  caption=top_of(len(shown), len(rows)) if len(shown) < len(rows) else None,
+                  caption_justify="left")
     for column in ("rank", "trial", *varying, "state", metric, "run id"):
         table.add_column(column)
-    for rank, trial in enumerate(rows, 1):
+    for rank, trial in enumerate(shown, 1):
         value = objective_value(trial, metric)
         table.add_row(str(rank), escape(trial.name),
                       *(escape(str(trial.params.get(n, ""))) for n in varying),
                       styled_state(trial), f"{value:.4f}" if value is not None else "-",
                       trial.run_id or "-")
     return table
+
+
+def print_failures(console, rows) -> None:
+    """Each failed trial's reason, for the first FAILURES_NAMED of them."""
+    failed = [t for t in rows if TrialState(t.state) == TrialState.FAILED]
+    for trial in failed[:FAILURES_NAMED]:
+        console.print(f"[red]{escape(trial.name)} failed[/]: {escape(trial.reason)}",
+                      highlight=False)
+    if len(failed) > FAILURES_NAMED:
+        console.print(f"[red]and {len(failed) - FAILURES_NAMED} more failed[/]: see "
+                      f"{SUMMARY_CSV}", highlight=False)
 
 
 # -- summary.csv: a row per run a trial ever had ----------------------------------------------
@@ -330,12 +347,11 @@ def _strategy(spec) -> str:
 
 
 def _counts(trials) -> str:
-    counts = Counter(TrialState(t.state) for t in trials)
-    return ", ".join(f"{counts[s]} {STATE_WORDS[s]}" for s in TrialState if counts[s]) or "none"
+    return ", ".join(counted(trials)) or "none"
 
 
 def _space(spec) -> str:
-    parts = [f"`{name}` ∈ {{{', '.join(map(str, values))}}}"
+    parts = [f"`{name}` ∈ {{{_some_values(values)}}}"
              for name, values in getattr(spec, "grid", {}).items()]
     for name, distribution in getattr(spec, "random_space", {}).items():
         (kind, args), = distribution.items()
@@ -344,3 +360,10 @@ def _space(spec) -> str:
     if fixed:
         parts.append("fixed " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
     return " · ".join(parts) or "defaults only"
+
+
+def _some_values(values) -> str:
+    """'1, 2, 3'; past SPACE_VALUES_SHOWN values, the first of them, then '… (1000 values)'."""
+    values = [str(v) for v in values]
+    listed = ", ".join(values[:SPACE_VALUES_SHOWN])
+    return listed if len(values) <= SPACE_VALUES_SHOWN else f"{listed}, … ({len(values)} values)"

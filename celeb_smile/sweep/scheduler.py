@@ -84,7 +84,8 @@ class Sweep:
         self.lost = ""  # why the sweep gave up on the tracking server
         self._unreachable: dict[str, float] = {}  # what is unreachable, since when
         self._lease_renewed = 0.0
-        self.progress = Progress(console, self.trials, spec.varying(), spec.objective.metric)
+        self.progress = Progress(console, self.trials, spec.varying(), spec.objective.metric,
+                                 spec.objective.direction)
 
     # == the whole sweep =========================================================================
     def run(self) -> int:

@@ -35,3 +35,8 @@ def trial(index, state=TrialState.FINISHED, history=(), params=None, sweep_id="s
                  state=state, reason=reason, run_id=run_id or f"run-{index}",
                  sweep_run_id=sweep_run_id, history=history,
                  metrics={metric: history[-1]} if history else {})
+
+
+def finished_trials(count) -> list[Trial]:
+    """`count` finished trials of distinct objective values, the higher the index the better."""
+    return [trial(i, history=[i / count]) for i in range(1, count + 1)]
