@@ -18,6 +18,7 @@ from celeb_smile.constants import (CODE_VERSION_TAG, EXIT_BAD_INPUT, EXIT_INTERR
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep.scheduler import Sweep
 from celeb_smile.sweep.spec import EarlyStopping, SweepSpec
+from celeb_smile.sweep.tracking import RunSnapshot
 from celeb_smile.sweep.trial import Trial
 from tests.helpers.fake_backend import ADOPT_TAG, FakeBackend
 
@@ -360,3 +361,27 @@ def test_trial_names_identify_their_sweep(store):
     names = [r.info.run_name for r in trial_runs(store)]
     assert len(names) == len(set(names)) == 4
     assert {n.split("/")[0] for n in names} == {first.sweep_id, second.sweep_id}
+
+
+def test_a_run_its_pod_ended_killed_ends_with_the_drivers_status_and_reason(store):
+    """Its Job deleted behind the driver's back, the pod's SIGTERM handler ends the run KILLED
+    first; the driver, which fails the trial, has the last word on both status and reason."""
+    def delete_and_terminate(backend):
+        if backend.polls == 2:
+            handle = backend.launched[0]
+            handle.deleted = True
+            store.set_tag(handle.run_id, REASON_TAG, "terminated by SIGTERM")
+            store.set_terminated(handle.run_id, "KILLED")
+
+    backend = FakeBackend(on_poll=delete_and_terminate)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01"]})
+    assert sweep.run() == EXIT_TRIAL_FAILED
+    run = store.get_run(backend.launched[0].run_id)
+    assert (run.info.status, run.data.tags[REASON_TAG]) == ("FAILED", "Job deleted")
+
+
+def test_a_trial_whose_run_finished_counts_as_finished_whatever_its_job_did_after(store):
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01"]})
+    trial = Trial(1, {"epochs": "3"}, state=TrialState.FAILED, reason="Job x deleted")
+    sweep._settle(trial, RunSnapshot("r", "FINISHED", {"val_accuracy": 0.9}, {}, {}, {}))
+    assert (trial.state, trial.reason) == (TrialState.FINISHED, "")

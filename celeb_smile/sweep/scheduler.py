@@ -586,9 +586,13 @@ class Sweep:
                                                        else ""))
 
     def _settle(self, trial: Trial, run) -> None:
-        """A trial's final state and reason given its run (a RunSnapshot)."""
+        """A trial's final state and reason given its run (a RunSnapshot). A run that
+        FINISHED trained to its end and saved its model: whatever happened to its Job or
+        process afterwards, or whatever was decided meanwhile, the trial finished."""
         trial.metrics = dict(run.metrics)
-        if trial.state == S.FINISHED and run.status == "FAILED":  # exited 0, run failed
+        if run.status == "FINISHED":
+            trial.state, trial.reason = S.FINISHED, ""
+        elif trial.state == S.FINISHED and run.status == "FAILED":  # exited 0, run failed
             trial.state, trial.reason = S.FAILED, run.tags.get(ERROR_TAG, "run FAILED")
         elif trial.state == S.FINISHED and run.status != "FINISHED" and trial.reason:
             trial.state = S.FAILED  # gone while no driver watched, and it never ended its run
@@ -617,7 +621,7 @@ class Sweep:
         if trial.handle is not None:
             self._retry_backend("clean up", lambda: self.backend.release(trial.handle),
                                 patience=30)
-        if run_status in ("RUNNING", "SCHEDULED"):
+        if run_status != trial.state.mlflow_status:  # e.g. KILLED by its pod's SIGTERM
             self.tracking.end_run(trial.run_id, trial.state.mlflow_status)
         if not history_read:
             for watch in self._series_kept():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from celeb_smile.constants import JOB_TAG, RUN_LABEL, SWEEP_LABEL, TrialState
+from celeb_smile.constants import EXIT_TERMINATED, JOB_TAG, RUN_LABEL, SWEEP_LABEL, TrialState
 from celeb_smile.sweep.backends import (LaunchError, Observation, PreparationError,
                                         entry_point_argv, run_docker)
 from celeb_smile.sweep.spec import PROJECT_DIR
@@ -349,6 +349,8 @@ def _pod_failure(pods) -> str:
                 reason = f"{ended.reason or 'Error'}, exit code {ended.exit_code}"
                 if ended.exit_code == SIGKILL_EXIT and ended.reason != "OOMKilled":
                     reason += " (SIGKILL: most likely out of memory)"
+                elif ended.exit_code == EXIT_TERMINATED:
+                    reason += " (SIGTERM: the pod was deleted, evicted or preempted)"
                 return reason
     return ""
 
