@@ -117,3 +117,39 @@ def test_a_killed_container_is_named_out_of_memory_also_when_the_runtime_says_er
     assert _pod_failure([pod_terminated("Error", 137)]) == \
         "Error, exit code 137 (SIGKILL: most likely out of memory)"
     assert _pod_failure([pod_terminated("Error", 3)]) == "Error, exit code 3"
+
+
+class ListingApi:
+    """Records the label selectors of list calls; lists nothing."""
+
+    def __init__(self):
+        self.selectors = []
+
+    def list_namespaced_job(self, namespace, label_selector, **options):
+        return self._listed(label_selector)
+
+    def list_namespaced_pod(self, namespace, label_selector, **options):
+        return self._listed(label_selector)
+
+    def _listed(self, selector):
+        from kubernetes.client import V1JobList
+
+        self.selectors.append(selector)
+        return V1JobList(items=[])
+
+
+def test_a_poll_lists_only_the_jobs_and_pods_of_the_trials_in_flight():
+    api = ListingApi()
+    watch = JobWatch(core=api, batch=api, namespace="ns", sweep_id="abc123")
+    in_flight = [Trial(i, {}, run_id=f"{i:032x}") for i in (7, 3)]
+    for trial in in_flight:
+        trial.handle = KubernetesTrial(trial.run_id, "ns", f"job-{trial.index}")
+    watch.observe(in_flight)
+    selector = f"{RUN_LABEL} in ({3:032x},{7:032x})"
+    assert api.selectors == [selector, selector]
+    assert watch.observe([]) == {} and len(api.selectors) == 2  # nothing in flight: no call
+
+
+def test_a_container_stopped_by_sigterm_says_so():
+    assert _pod_failure([pod_terminated("Error", 143)]) == \
+        "Error, exit code 143 (SIGTERM: the pod was deleted, evicted or preempted)"
