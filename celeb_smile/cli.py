@@ -16,6 +16,7 @@ import sys
 
 from celeb_smile.constants import (ERROR_TAG, EXIT_BAD_INPUT, EXIT_TERMINATED, EXIT_TRIAL_FAILED,
                                    REASON_TAG)
+from celeb_smile.retry import Refused
 
 TERMINATED_REASON = ("terminated by SIGTERM (its Job or pod was deleted, or the pod evicted "
                      "or preempted)")
@@ -47,6 +48,9 @@ def train_main(argv=None) -> int:
         return _train_and_record(cfg)
     except Terminated:
         _end_terminated()
+    except Refused as error:  # the run's end would be refused too: whoever launched it ends it
+        fail(str(error))
+        _leave(EXIT_TRIAL_FAILED)
 
 
 def _train_and_record(cfg) -> int:
@@ -63,6 +67,8 @@ def _train_and_record(cfg) -> int:
     client = mlflow.MlflowClient()
     try:
         train(cfg)
+    except Refused:
+        raise
     except Exception as error:
         message = str(error) if isinstance(error, ValueError) else \
             f"{type(error).__name__}: {error}"[:5000]
@@ -80,8 +86,7 @@ def _raise_terminated(signum, frame) -> None:
 
 
 def _end_terminated():
-    """End the run KILLED with the reason if it is still RUNNING, then leave at once: MLflow
-    ends an active run FINISHED at interpreter exit, which must not happen to this one."""
+    """End the run KILLED with the reason if it is still RUNNING, then leave at once."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM cuts nothing short
     print(f"error: {TERMINATED_REASON}", file=sys.stderr, flush=True)
     try:
@@ -89,8 +94,15 @@ def _end_terminated():
     except Exception as error:  # noqa: BLE001 - leaving anyway; the driver records the end
         print(f"the run's end was not recorded: {type(error).__name__}: {error}",
               file=sys.stderr, flush=True)
+    _leave(EXIT_TERMINATED)
+
+
+def _leave(exit_code: int):
+    """Exit now, skipping interpreter-exit handlers: MLflow's would end the active run
+    FINISHED."""
     sys.stdout.flush()
-    os._exit(EXIT_TERMINATED)
+    sys.stderr.flush()
+    os._exit(exit_code)
 
 
 def _current_run_id() -> str | None:

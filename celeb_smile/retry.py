@@ -6,6 +6,8 @@ interrupted — so the driver answers Ctrl-C within one call's timeout, whatever
 A training process rides out a tracking-server outage the same way (`patiently`).
 """
 
+import os
+import re
 import sys
 import threading
 import time
@@ -20,6 +22,16 @@ BACKOFF_MAX_S = 15.0
 
 class Unavailable(RuntimeError):
     """A call kept failing for longer than its patience (or the sweep was interrupted)."""
+
+
+class Refused(RuntimeError):
+    """The tracking server refused a training process's credentials (401) or permission (403):
+    waiting changes nothing. The message is one line naming what is missing."""
+
+
+REFUSED_STATUSES = (401, 403)
+# MLflow's error for an answer that is not its JSON (its auth app's plain-text 403 is one).
+PLAIN_ERROR_STATUS = re.compile(r"failed with error code (\d{3})")
 
 
 def backoff_delays(first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S):
@@ -64,20 +76,50 @@ def tracking_transient(error: BaseException) -> bool:
         code = error.get_http_status_code()
         return code >= 500 or code == 429
     if isinstance(error, MlflowException):
-        return True
+        return refusal_status(error) is None
     return isinstance(error, (OSError, ConnectionError, TimeoutError)) or \
         type(error).__module__.startswith(("requests", "urllib3"))
 
 
+def refusal_status(error: BaseException) -> int | None:
+    """401 or 403 when `error` is the tracking server refusing the request's credentials or
+    permission, as MLflow's JSON error or as its auth app's plain text; else None."""
+    if isinstance(error, RestException):
+        code = error.get_http_status_code()
+    elif isinstance(error, MlflowException):
+        found = PLAIN_ERROR_STATUS.search(error.message)
+        code = int(found[1]) if found else None
+    else:
+        return None
+    return code if code in REFUSED_STATUSES else None
+
+
 def patiently(what: str, call, patience_s: float = OUTAGE_PATIENCE_S):
     """A training process's call to the tracking server, retried through an outage of
-    `patience_s` (each retry said on stderr, so the trial's log shows it)."""
+    `patience_s` (each retry said on stderr, so the trial's log shows it); a refusal raises
+    Refused at once."""
     def say(what, error, delay):
         print(f"tracking server unavailable ({what}: {_one_line(error)}); retrying in "
               f"{delay:.0f}s", file=sys.stderr, flush=True)
         _drop_pooled_connections()
-    return retrying(call, what=what, patience_s=patience_s, stop=threading.Event(),
-                    transient=tracking_transient, on_retry=say)
+    try:
+        return retrying(call, what=what, patience_s=patience_s, stop=threading.Event(),
+                        transient=tracking_transient, on_retry=say)
+    except MlflowException as error:
+        status = refusal_status(error)
+        if status is None:
+            raise
+        raise Refused(refusal_message(what, status)) from None
+
+
+def refusal_message(what: str, status: int) -> str:
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no user)"
+    if status == 401:
+        return (f"the tracking server does not accept user {user!r}'s credentials (401) "
+                f"to {what}: check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    experiment = os.environ.get("MLFLOW_EXPERIMENT_ID", "?")
+    return (f"user {user!r} may not {what} (403 Permission denied): it needs EDIT on "
+            f"experiment {experiment}")
 
 
 def _drop_pooled_connections() -> None:

@@ -17,6 +17,10 @@ from tests.helpers.flaky_front import flaky_front
     (RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "busy"}), True),
     (MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code "
                      "404 != 200. Response body: ''"), True),
+    (MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code "
+                     "403 != 200. Response body: 'Permission denied'"), False),
+    (MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code "
+                     "401 != 200. Response body: 'You are not authenticated.'"), False),
     (ConnectionResetError(104, "Connection reset by peer"), True),
     (ValueError("run already records epochs=3, not 5"), False),
 ])

@@ -2,6 +2,8 @@
 as on the cluster (nobody may do anything by default), one without authentication."""
 
 import io
+import os
+import subprocess
 import uuid
 
 import mlflow
@@ -10,7 +12,7 @@ from mlflow import MlflowClient
 from mlflow.server import get_app_client
 from rich.console import Console
 
-from celeb_smile.constants import EXIT_BAD_INPUT
+from celeb_smile.constants import EXIT_BAD_INPUT, EXIT_TRIAL_FAILED
 from celeb_smile.sweep.access import AccessError, grant_trainer
 from celeb_smile.sweep.scheduler import Sweep
 from celeb_smile.sweep.spec import SweepSpec
@@ -19,7 +21,9 @@ from tests.helpers.auth_checks import (
     representative_routes, trainer_outcomes, unauthenticated_with,
 )
 from tests.helpers.auth_server import basic_auth_server
+from tests.conftest import PROJECT_DIR
 from tests.helpers.fake_backend import FakeBackend
+from tests.helpers.project import train_argv
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +120,32 @@ def test_a_sweep_whose_user_may_not_grant_is_refused_in_one_line_with_nothing_cr
     _login(monkeypatch, admin)
     runs = MlflowClient(uri).search_runs([objects["experiment_id"]])
     assert [r.info.run_id for r in runs] == [objects["run_id"]]  # no sweep run, no trial
+
+
+def test_training_refused_by_the_server_ends_at_once_in_one_line(auth_server, small_params):
+    """An ungranted trainer's 403 (the auth app's plain text, not MLflow's JSON) is not an
+    outage to wait out for 5 minutes: train.py names the missing permission and exits 1."""
+    uri, admin, trainer = auth_server
+    objects = create_fixture_objects(uri, admin, f"ungranted-{uuid.uuid4().hex[:8]}")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=objects["run_id"],
+               MLFLOW_EXPERIMENT_ID=objects["experiment_id"],
+               MLFLOW_TRACKING_USERNAME=trainer[0], MLFLOW_TRACKING_PASSWORD=trainer[1])
+    result = subprocess.run(train_argv(small_params), cwd=PROJECT_DIR, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_TRIAL_FAILED, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: user 'trainer' may not open the run (403 Permission denied): "
+                      f"it needs EDIT on experiment {objects['experiment_id']}"]
+    assert "retrying" not in result.stderr
+
+
+def test_training_with_a_wrong_password_ends_at_once_in_one_line(auth_server, small_params):
+    uri, admin, trainer = auth_server
+    objects = create_fixture_objects(uri, admin, f"badpass-{uuid.uuid4().hex[:8]}")
+    env = dict(os.environ, MLFLOW_TRACKING_URI=uri, MLFLOW_RUN_ID=objects["run_id"],
+               MLFLOW_TRACKING_USERNAME=trainer[0], MLFLOW_TRACKING_PASSWORD="wrong")
+    result = subprocess.run(train_argv(small_params), cwd=PROJECT_DIR, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == EXIT_TRIAL_FAILED, result.stderr[-3000:]
+    assert "error: the tracking server does not accept user 'trainer''s credentials (401)" \
+        in result.stderr and "retrying" not in result.stderr
