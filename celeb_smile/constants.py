@@ -26,6 +26,13 @@ BEST_RUN_TAG = "celeb_smile.best_run_id"  # on the parent: its best trial's run 
 LEASE_TAG = "celeb_smile.driver_lease"  # on the parent: '<holder> <expiry epoch seconds>'
 PARAMS_TAG = "celeb_smile.params"  # short 'name=value, ...' of a trial's varying parameters
 WARM_START_TAG = "celeb_smile.warm_start"  # number of earlier runs that seeded a search
+TRIAL_USER_TAG = "celeb_smile.trial_user"  # the one `trial-...` MLflow user that may write a run
+RUNG_TAG = "celeb_smile.rung_passed"  # the highest ASHA rung (epoch) a trial was let through
+
+# -- tracking-server identities -----------------------------------------------------------
+# MLflow users named TRIAL_USER_PREFIX + ... (one per trial) may only do a training run's job,
+# on runs tagged TRIAL_USER_TAG = their name (k8s/server/trial_rules.py, which keeps copies).
+TRIAL_USER_PREFIX = "trial-"
 
 # -- metrics a training run logs (a sweep's objective must be one of them, or declared custom) ---
 # Which way each per-epoch metric of the model improves: an early-stopping rule may judge one of

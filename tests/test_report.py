@@ -9,7 +9,8 @@ from rich.console import Console
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep import report
 from celeb_smile.sweep.spec import Objective
-from tests.helpers.fake_sweep import FakeSweep, finished_trials, spec_with, trial
+from celeb_smile.sweep.result import SweepResult
+from tests.helpers.fake_sweep import finished_trials, spec_with, trial
 
 METRIC = "val_accuracy"
 VARYING = ["convolutions"]
@@ -82,9 +83,10 @@ def test_only_trials_submitted_now_count_as_having_run_here():
 
 
 def note_of(trials, version=None, status=None, plots=()):
-    sweep = FakeSweep(spec_with({"convolutions": ["1", "2", "3"]}), trials, status=status)
+    sweep = SweepResult(spec_with({"convolutions": ["1", "2", "3"]}), trials, "7", "parent-1",
+                        status=status)
     best = report.best_trial(trials, sweep.spec.objective)
-    return report.note_markdown(sweep, "7", "parent-1", best, version, list(plots))
+    return report.note_markdown(sweep, best, version, list(plots))
 
 
 def test_the_note_states_the_sweep_and_links_its_best_run_and_model():
@@ -110,9 +112,10 @@ def test_the_note_of_a_sweep_in_progress_has_no_best_yet():
 def test_the_note_of_a_thousand_trials_is_as_short_as_that_of_four():
     def note(count):
         trials = finished_trials(count)
-        sweep = FakeSweep(spec_with({"seed": [str(i) for i in range(count)]}), trials)
+        sweep = SweepResult(spec_with({"seed": [str(i) for i in range(count)]}), trials, "7",
+                            "parent-1")
         best = report.best_trial(trials, sweep.spec.objective)
-        return report.note_markdown(sweep, "7", "parent-1", best, None, ["plots/a.png"])
+        return report.note_markdown(sweep, best, None, ["plots/a.png"])
 
     small, large = note(4), note(1000)
     assert "`seed` ∈ {0, 1, 2, 3}" in small

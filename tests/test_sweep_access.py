@@ -14,7 +14,7 @@ from rich.console import Console
 
 from celeb_smile.constants import EXIT_BAD_INPUT, EXIT_TRIAL_FAILED
 from celeb_smile.sweep.access import AccessError, grant_trainer
-from celeb_smile.sweep.scheduler import Sweep
+from celeb_smile.sweep.controller import SweepController
 from celeb_smile.sweep.spec import SweepSpec
 from tests.helpers.auth_checks import (
     TRAINER_MAY, TRAINER_MAY_NOT, anonymous_answers, create_fixture_objects,
@@ -111,7 +111,7 @@ def test_a_sweep_whose_user_may_not_grant_is_refused_in_one_line_with_nothing_cr
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     spec = SweepSpec(experiment=name, params={"epochs": "3"}, grid={"learning_rate": ["0.01"]})
-    sweep = Sweep(spec, FakeBackend(remote=True), Console(file=io.StringIO()), tracking_uri=uri,
+    sweep = SweepController(spec, FakeBackend(remote=True), Console(file=io.StringIO()), tracking_uri=uri,
                   poll_seconds=0)
     assert sweep.run() == EXIT_BAD_INPUT
     error = capsys.readouterr().err

@@ -3,7 +3,7 @@
 import pytest
 
 from celeb_smile.sweep.cli import build_parser, sweep_spec_from_args
-from celeb_smile.sweep.scheduler import _params_key
+from celeb_smile.sweep.search import combination
 from celeb_smile.sweep.spec import (DEFAULT_GRID, Budget, EarlyStopping, Objective, SweepSpec,
                                     load_spec_file, parse_assignment, resolved, validate)
 from tests.conftest import PROJECT_DIR
@@ -98,10 +98,10 @@ def test_bad_sweep_files_are_rejected(tmp_path):
 def test_resume_matches_runs_on_their_resolved_parameters():
     expected = resolved({"epochs": "2", "randomize_images": "false"})
     logged = dict(expected, learning_rate="0.0010", randomize_images="False")
-    assert _params_key(logged) == _params_key(expected)
-    assert _params_key(dict(expected, epochs="3")) != _params_key(expected)
-    assert _params_key({"epochs": "2", "randomize_images": "false"}) == _params_key(expected)
-    assert _params_key({"epochs": "zero"}) is None
+    assert combination(logged) == combination(expected)
+    assert combination(dict(expected, epochs="3")) != combination(expected)
+    assert combination({"epochs": "2", "randomize_images": "false"}) == combination(expected)
+    assert combination({"epochs": "zero"}) == frozenset({("epochs", "zero")})  # as spelt
 
 
 def test_sweep_id_is_stable_and_follows_the_definition():

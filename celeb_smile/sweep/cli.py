@@ -174,7 +174,7 @@ def _main(argv, cleanup) -> int:
     from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
     from celeb_smile.sweep.backends.local import LocalBackend
     from celeb_smile.sweep.connect import TrackingConnectionError, connect_to_tracking_server
-    from celeb_smile.sweep.scheduler import Sweep
+    from celeb_smile.sweep.controller import SweepController
     from celeb_smile.sweep.tracking import Unavailable, configure_driver_http
     from celeb_smile.sweep.spec import PROJECT_DIR, validate
 
@@ -222,7 +222,7 @@ def _main(argv, cleanup) -> int:
         return fail(str(error))
     console.print(f"tracking: {mlflow.get_tracking_uri()}  experiment: {spec.experiment}")
     configure_driver_http()
-    sweep = Sweep(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
+    sweep = SweepController(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
                   rerun=args.rerun, poll_seconds=args.poll_seconds, promote=args.promote,
                   warm_start=args.warm_start,
                   pending_timeout=args.pending_timeout, outage_seconds=args.outage_timeout,
@@ -245,11 +245,11 @@ def _job_namespace_and_context(config_path) -> tuple[str, str | None]:
 
     import yaml
 
+    from celeb_smile.sweep.backends.kubernetes import job_template_path
+
     try:
         config = json.loads(Path(config_path).read_text())
-        template = Path(config["kube-job-template-path"])
-        if not template.is_absolute():  # relative to the config file, as the backend reads it
-            template = Path(config_path).resolve().parent / template
+        template = job_template_path(config_path, config["kube-job-template-path"])
         job = yaml.safe_load(template.read_text())
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
         return DEFAULT_NAMESPACE, None  # the backend reports what is wrong, in one line

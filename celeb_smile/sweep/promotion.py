@@ -14,6 +14,7 @@ from celeb_smile.constants import (CHAMPION_ALIAS, CODE_VERSION_TAG, DATASET_TAG
                                    OBJECTIVE_VALUE_TAG, PROMOTED_BY_TAG, REGISTERED_MODEL,
                                    SWEEP_ID_TAG, SWEEP_RUN_TAG)
 from celeb_smile.sweep.progress import params_label
+from celeb_smile.sweep.result import SweepResult
 
 SWEEP_FINISHED = RunStatus.to_string(RunStatus.FINISHED)  # the parent run's final MLflow status
 _MISSING = {ErrorCode.Name(RESOURCE_DOES_NOT_EXIST), ErrorCode.Name(INVALID_PARAMETER_VALUE)}
@@ -25,15 +26,14 @@ class Outcome:
     message: str  # one line for the console and the parent's note
 
 
-def promote(client, sweep, best, parent_run_id: str,
-            model_name: str = REGISTERED_MODEL) -> Outcome:
-    """Register `best` (a Trial of `sweep`) and move the champion alias to it, if the rules
+def promote(client, result: SweepResult, best) -> Outcome:
+    """Register `best` (a Trial of the sweep) and move the champion alias to it, if the rules
     allow; otherwise register nothing and say why."""
-    objective = sweep.spec.objective
-    if not getattr(sweep, "promote", False):
+    objective, model_name = result.spec.objective, result.registered_model
+    if not result.promote:
         return Outcome(None, f"not promoted: without --promote nothing is registered and "
                              f"{model_name}@{CHAMPION_ALIAS} stays where it is")
-    status = getattr(sweep, "status", None)
+    status = result.status
     if status != SWEEP_FINISHED:
         return Outcome(None, f"not promoted: the sweep ended {status}; only a sweep that "
                              f"ended FINISHED may move @{CHAMPION_ALIAS}")
@@ -45,10 +45,10 @@ def promote(client, sweep, best, parent_run_id: str,
         refusal = _refusal(champion, best, value, objective)
         if refusal:
             return Outcome(None, f"not promoted: {refusal}")
-    version = register(client, sweep, best, parent_run_id, model_name)
+    version = register(client, result, best)
     client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version.version)
     client.set_model_version_tag(model_name, version.version, PROMOTED_BY_TAG,
-                                 f"{sweep.spec.sweep_id()} {parent_run_id}")
+                                 f"{result.spec.sweep_id()} {result.parent_run_id}")
     was = (f"; was v{champion.version} with {champion.tags[OBJECTIVE_VALUE_TAG]}"
            if champion is not None else "; the first champion")
     return Outcome(version.version, f"promoted: {model_name} v{version.version} is now "
@@ -88,20 +88,20 @@ def _refusal(champion, best, value: float, objective) -> str:
     return ""
 
 
-def register(client, sweep, best, parent_run_id: str, model_name: str = REGISTERED_MODEL):
+def register(client, result: SweepResult, best):
     """The model version of `best`'s model, with a description and the sweep's tags: the
     existing one if this run was registered before, else a new one."""
-    objective = sweep.spec.objective
+    objective, model_name = result.spec.objective, result.registered_model
+    parent_run_id, sweep_id = result.parent_run_id, result.spec.sweep_id()
     run = client.get_run(best.run_id)
     value = best.metrics[objective.metric]
-    tags = {SWEEP_ID_TAG: sweep.spec.sweep_id(), SWEEP_RUN_TAG: parent_run_id,
+    tags = {SWEEP_ID_TAG: sweep_id, SWEEP_RUN_TAG: parent_run_id,
             OBJECTIVE_METRIC_TAG: objective.metric,
             OBJECTIVE_DIRECTION_TAG: objective.direction, OBJECTIVE_VALUE_TAG: repr(value),
             DATASET_TAG: best.params.get("dataset") or run.data.params.get("dataset", ""),
-            CODE_VERSION_TAG: getattr(sweep, "code_version", "")
-            or run.data.tags.get(CODE_VERSION_TAG, "")}
+            CODE_VERSION_TAG: result.code_version or run.data.tags.get(CODE_VERSION_TAG, "")}
     description = (f"{objective.metric} = {value:.4f} ({objective.direction}) — best trial "
-                   f"{best.name} of sweep {sweep.spec.sweep_id()} (sweep run {parent_run_id}, "
+                   f"{best.name} of sweep {sweep_id} (sweep run {parent_run_id}, "
                    f"trial run {best.run_id}); parameters: "
                    f"{params_label(best.params, sorted(best.params))}")
     existing = client.search_model_versions(

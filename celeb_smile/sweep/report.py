@@ -10,7 +10,6 @@ attempts kept; a rerun that ran nothing leaves the summary and the plots as they
 
 import csv
 import io
-import math
 import tempfile
 from pathlib import Path
 
@@ -19,9 +18,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from celeb_smile.constants import (BEST_RUN_TAG, EXPERIMENT_KIND_MODEL_TRAINING,
-                                   EXPERIMENT_KIND_TAG, REGISTERED_MODEL, TrialState)
+                                   EXPERIMENT_KIND_TAG, TrialState)
 from celeb_smile.retry import Unavailable
 from celeb_smile.sweep import plots, promotion
+from celeb_smile.sweep.result import SweepResult
 from celeb_smile.sweep.progress import (SUMMARY_CSV, TRAINED_TO_END, counted, label,
                                         params_label, styled_state, top_of)
 
@@ -50,18 +50,13 @@ def prepare_experiment(client, experiment_id: str) -> None:
 # -- ranking ----------------------------------------------------------------------------------
 def own_trials(trials) -> list:
     """The sweep's own trials: warm-start trials are earlier sweeps' runs, never run here."""
-    return [t for t in trials if not getattr(t, "warm_start", False)]
-
-
-def objective_value(trial, metric: str) -> float | None:
-    value = trial.metrics.get(metric)
-    return None if value is None or math.isnan(value) else value
+    return [t for t in trials if not t.warm_start]
 
 
 def ranked(trials, objective) -> list:
     """Trials best first; those without the objective metric last, in their original order."""
-    scored = [t for t in trials if objective_value(t, objective.metric) is not None]
-    unscored = [t for t in trials if objective_value(t, objective.metric) is None]
+    scored = [t for t in trials if t.objective(objective.metric) is not None]
+    unscored = [t for t in trials if t.objective(objective.metric) is None]
     scored.sort(key=lambda t: t.metrics[objective.metric],
                 reverse=objective.direction == "maximize")
     return scored + unscored
@@ -71,7 +66,7 @@ def best_trial(trials, objective):
     """The best trial that trained to its end (in this sweep run or an earlier one)."""
     candidates = [t for t in ranked(own_trials(trials), objective)
                   if TrialState(t.state) in TRAINED_TO_END
-                  and objective_value(t, objective.metric) is not None]
+                  and t.objective(objective.metric) is not None]
     return candidates[0] if candidates else None
 
 
@@ -81,19 +76,19 @@ def ran_here(trials) -> list:
 
 
 # -- the end of a sweep -----------------------------------------------------------------------
-def finish(sweep, parent_run_id: str) -> None:
-    spec, console, client = sweep.spec, sweep.console, sweep.client
+def finish(result: SweepResult, client, console) -> None:
+    spec, parent_run_id = result.spec, result.parent_run_id
     metric, varying = spec.objective.metric, spec.varying()
-    rows = ranked(own_trials(sweep.trials), spec.objective)
+    rows = ranked(own_trials(result.trials), spec.objective)
     console.print(summary_table(rows, varying, metric))
     print_failures(console, rows)
     try:
-        _record(sweep, parent_run_id, rows)
+        _record(result, client, console, rows)
     except Unavailable:
-        raise  # the scheduler's to handle: the tracking server is gone
+        raise  # the controller's to handle: the tracking server is gone
     except Exception as error:  # a report is a convenience: never lose the sweep over it
         console.print(f"[yellow]summary or plots not recorded: {escape(str(error))}[/]")
-    best = best_trial(sweep.trials, spec.objective)
+    best = best_trial(result.trials, spec.objective)
     outcome = None
     if best is None:
         console.print(f"[red]no trial produced {metric}[/]")
@@ -101,25 +96,24 @@ def finish(sweep, parent_run_id: str) -> None:
         client.set_tag(parent_run_id, BEST_RUN_TAG, best.run_id)
         client.log_metric(parent_run_id, f"best_{metric}", best.metrics[metric])
         try:
-            outcome = promotion.promote(client, sweep, best, parent_run_id,
-                                        getattr(sweep, "registered_model", REGISTERED_MODEL))
+            outcome = promotion.promote(client, result, best)
         except Unavailable:
             raise
         except Exception as error:  # the registry failed: the sweep's results still stand
             outcome = promotion.Outcome(None, f"not promoted: the model registry failed: {error}")
-    update_note(sweep, parent_run_id, outcome.message if outcome else "")
+    update_note(result, client, console, outcome.message if outcome else "")
     if best is not None:
         console.print(f"best: {best.name} ({label(best, varying)}) {metric}="
                       f"{best.metrics[metric]:.4f} run {best.run_id}\n{outcome.message}",
                       highlight=False, markup=False)
 
 
-def _record(sweep, parent_run_id: str, rows) -> None:
+def _record(result: SweepResult, client, console, rows) -> None:
     """summary.csv and the plots on the parent run, unless this was a rerun that ran nothing
     (then the earlier record stays exactly as it was)."""
-    spec, console, client = sweep.spec, sweep.console, sweep.client
+    spec, parent_run_id = result.spec, result.parent_run_id
     earlier = read_summary(client, parent_run_id)
-    if earlier is not None and not ran_here(sweep.trials):
+    if earlier is not None and not ran_here(result.trials):
         console.print("nothing ran: summary.csv and the plots of the earlier run are kept")
         return
     varying, metric = spec.varying(), spec.objective.metric
@@ -143,7 +137,7 @@ def summary_table(rows, varying, metric) -> Table:
     for column in ("rank", "trial", *varying, "state", metric, "run id"):
         table.add_column(column)
     for rank, trial in enumerate(shown, 1):
-        value = objective_value(trial, metric)
+        value = trial.objective(metric)
         table.add_row(str(rank), escape(trial.name),
                       *(escape(str(trial.params.get(n, ""))) for n in varying),
                       styled_state(trial), f"{value:.4f}" if value is not None else "-",
@@ -173,13 +167,13 @@ def summary_rows(rows, varying, metric) -> list[dict]:
     out = []
     for rank, trial in enumerate(rows, 1):
         state = TrialState(trial.state)
-        value = objective_value(trial, metric)
+        value = trial.objective(metric)
         out.append({"rank": rank, "trial": trial.name,
                     **{n: trial.params.get(n, "") for n in varying},
                     "state": TrialState.FINISHED if state == TrialState.SKIPPED else state,
                     metric: "" if value is None else repr(value),
                     "run_id": trial.run_id or "",
-                    "sweep_run_id": getattr(trial, "sweep_run_id", None) or "",
+                    "sweep_run_id": trial.sweep_run_id or "",
                     "reason": trial.reason,
                     "_ran_here": state not in NOT_RUN_HERE})
     return out
@@ -226,7 +220,7 @@ def read_summary(client, run_id: str) -> list[dict] | None:
 def save_plots(rows, spec, client, out_dir: Path) -> list[Path]:
     """Draw the plots that have something to say; returns their files."""
     metric, varying = spec.objective.metric, spec.varying()
-    scored = [t for t in rows if objective_value(t, metric) is not None]
+    scored = [t for t in rows if t.objective(metric) is not None]
     top = plots.curve_candidates(scored)
     figures = {OBJECTIVE_PNG: plots.objective_figure(scored, metric, varying),
                CURVES_PNG: plots.curves_figure(top, histories(top, metric, client), metric,
@@ -243,10 +237,10 @@ def save_plots(rows, spec, client, out_dir: Path) -> list[Path]:
 
 
 def histories(trials, metric: str, client) -> dict[str, list[float]]:
-    """Objective per epoch of each trial: what the scheduler recorded, else the run's."""
+    """Objective per epoch of each trial: what the controller recorded, else the run's."""
     out = {}
     for trial in trials:
-        history = list(getattr(trial, "history", None) or [])
+        history = list(trial.history)
         if not history and trial.run_id:
             points = sorted(client.get_metric_history(trial.run_id, metric), key=lambda m: m.step)
             history = [m.value for m in points]
@@ -255,26 +249,24 @@ def histories(trials, metric: str, client) -> dict[str, list[float]]:
 
 
 # -- the parent run's note --------------------------------------------------------------------
-def update_note(sweep, parent_run_id: str, promotion_message: str = "") -> None:
+def update_note(result: SweepResult, client, console, promotion_message: str = "") -> None:
     """Rewrite the parent run's description (Markdown, shown on its run page). A failure is
     printed, never raised: the note is a view of the sweep, not part of it."""
     try:
-        _write_note(sweep, parent_run_id, promotion_message)
+        _write_note(result, client, promotion_message)
     except Unavailable:
         raise
     except Exception as error:
-        sweep.console.print(f"[yellow]the sweep run's description was not updated: "
-                            f"{escape(str(error))}[/]")
+        console.print(f"[yellow]the sweep run's description was not updated: "
+                      f"{escape(str(error))}[/]")
 
 
-def _write_note(sweep, parent_run_id: str, promotion_message: str) -> None:
-    client = sweep.client
-    best = best_trial(sweep.trials, sweep.spec.objective)
+def _write_note(result: SweepResult, client, promotion_message: str) -> None:
+    best = best_trial(result.trials, result.spec.objective)
     version = _model_version(client, best.run_id) if best is not None else None
-    plot_files = [a.path for a in client.list_artifacts(parent_run_id, PLOTS_DIR)]
-    client.set_tag(parent_run_id, MLFLOW_RUN_NOTE,
-                   note_markdown(sweep, sweep.experiment_id, parent_run_id, best,
-                                 version, plot_files, promotion_message))
+    plot_files = [a.path for a in client.list_artifacts(result.parent_run_id, PLOTS_DIR)]
+    client.set_tag(result.parent_run_id, MLFLOW_RUN_NOTE,
+                   note_markdown(result, best, version, plot_files, promotion_message))
 
 
 def _model_version(client, run_id: str):
@@ -285,21 +277,20 @@ def _model_version(client, run_id: str):
     return client.get_model_version(latest.name, latest.version)  # search omits aliases
 
 
-def note_markdown(sweep, experiment_id: str, parent_run_id: str, best, version,
-                  plot_files: list[str], promotion_message: str = "") -> str:
-    spec = sweep.spec
+def note_markdown(result: SweepResult, best, version, plot_files: list[str],
+                  promotion_message: str = "") -> str:
+    spec, experiment_id, parent_run_id = result.spec, result.experiment_id, result.parent_run_id
     metric = spec.objective.metric
-    trials = own_trials(sweep.trials)
-    status = getattr(sweep, "status", None) or (
+    trials = own_trials(result.trials)
+    status = result.status or (
         "ended" if all(TrialState(t.state).ended for t in trials) else "running")
-    lines = [f"### Sweep `{spec.sweep_id()}`: {_strategy(spec)}, "
+    lines = [f"### Sweep `{spec.sweep_id()}`: {spec.strategy()} search, "
              f"{spec.objective.direction} `{metric}`",
              "", f"**Status**: {status.lower()} · "
                  f"**Trials**: {len(trials)} — {_counts(trials)}", "",
              f"**Space**: {_space(spec)}", ""]
-    warm = len(sweep.trials) - len(trials)
-    if warm:
-        lines += [f"The search was seeded with {warm} earlier runs.", ""]
+    if result.warm_start_runs:
+        lines += [f"The search was seeded with {result.warm_start_runs} earlier runs.", ""]
     if best is None:
         lines.append(f"**Best**: none yet (no trial has finished with `{metric}`)")
     else:
@@ -338,25 +329,17 @@ def experiment_url(tracking_uri: str, experiment_id: str) -> str | None:
     return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{MODEL_TRAINING_VIEW}"
 
 
-def _strategy(spec) -> str:
-    search = getattr(spec, "search", None)
-    if not search:
-        search = "random" if getattr(spec, "random_space", None) and getattr(
-            spec, "samples", 0) else "grid"
-    return f"{search} search"
-
-
 def _counts(trials) -> str:
     return ", ".join(counted(trials)) or "none"
 
 
 def _space(spec) -> str:
     parts = [f"`{name}` ∈ {{{_some_values(values)}}}"
-             for name, values in getattr(spec, "grid", {}).items()]
-    for name, distribution in getattr(spec, "random_space", {}).items():
+             for name, values in spec.grid.items()]
+    for name, distribution in spec.random_space.items():
         (kind, args), = distribution.items()
         parts.append(f"`{name}` ~ {kind}{tuple(args) if kind != 'choice' else set(args)}")
-    fixed = getattr(spec, "params", {})
+    fixed = spec.params
     if fixed:
         parts.append("fixed " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
     return " · ".join(parts) or "defaults only"

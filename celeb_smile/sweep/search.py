@@ -1,9 +1,9 @@
 """Search strategies behind one ask/tell interface (Katib's suggestion services).
 
-The scheduler hands a search every trial it knows, in any state (this run's, resumed ones and
-warm-start ones), and asks for up to n new parameter sets. Grid and random walk the spec's list
-of combinations; tpe is Optuna's multivariate TPE with the constant-liar strategy, on an
-in-memory study rebuilt from those trials at every call: MLflow stays the only record, and the
+The controller's policy hands a search every trial it knows, in any state (this run's, resumed
+ones and warm-start ones), and asks for up to n new parameter sets. Grid and random walk the
+spec's list of combinations; tpe is Optuna's multivariate TPE with the constant-liar strategy,
+on an in-memory study rebuilt from those trials at every call: MLflow stays the only record, and the
 same trials in give the same suggestions out, in this process or in a resumed one.
 """
 

@@ -6,6 +6,7 @@ parameter types and the training code's own validation before anything is submit
 """
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -450,11 +451,17 @@ def _check_declared(name: str, value: str, declared: dict[str, str], plain_words
                          f"(letters, digits, @%+=:,./-)")
 
 
-def project_parameter_types(project_dir: Path = PROJECT_DIR) -> dict[str, str]:
-    """MLproject's declared parameters of the main entry point: name -> type."""
+@functools.cache
+def project(project_dir: Path = PROJECT_DIR):
+    """MLproject, as MLflow reads it (its entry points, its docker_env)."""
     from mlflow.projects._project_spec import load_project
 
-    entry_point = load_project(str(project_dir)).get_entry_point(ENTRY_POINT)
+    return load_project(str(project_dir))
+
+
+def project_parameter_types(project_dir: Path = PROJECT_DIR) -> dict[str, str]:
+    """MLproject's declared parameters of the main entry point: name -> type."""
+    entry_point = project(project_dir).get_entry_point(ENTRY_POINT)
     return {name: param.type for name, param in entry_point.parameters.items()}
 
 

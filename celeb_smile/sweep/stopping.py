@@ -136,7 +136,10 @@ class ASHA(_Rule):
     """Asynchronous successive halving: rungs at epochs grace_period * reduction_factor**k.
     A trial reaching a rung continues only if its value there is among the best
     1/reduction_factor of the values every trial (running or ended) logged at that rung so far
-    -- at least the best one, so the first to arrive never waits for the others."""
+    -- at least the best one, so the first to arrive never waits for the others. The highest
+    rung a trial passed is kept on the trial (`rung_passed`; the controller records it on the
+    run, as Optuna keeps `completed_rung_N`), so a restarted controller never judges a trial
+    at a rung twice."""
 
     name = "asha"
 
@@ -145,7 +148,6 @@ class ASHA(_Rule):
         super().__init__(metric, direction, watch)
         self.grace_period = grace_period
         self.reduction_factor = reduction_factor
-        self._judged: set[tuple[int, int]] = set()  # (trial index, rung) already let through
 
     def rungs(self, epochs: int) -> list[int]:
         rungs, rung = [], self.grace_period
@@ -157,9 +159,8 @@ class ASHA(_Rule):
     def _judge(self, trial: Trial, trials: list[Trial]) -> StopDecision | None:
         values = self._values(trial)
         for rung in self.rungs(len(values)):
-            if (trial.index, rung) in self._judged:
+            if rung <= trial.rung_passed:
                 continue
-            self._judged.add((trial.index, rung))
             value = values[rung - 1]
             reached = [self._values(other)[rung - 1] for other in trials
                        if len(self._values(other)) >= rung]
@@ -171,6 +172,7 @@ class ASHA(_Rule):
                     trial, rung, value, threshold,
                     f"is not in the best {keep} of {len(reached)} trials at rung "
                     f"{rung}, whose cut-off is")
+            trial.rung_passed = rung
         return None
 
 

@@ -43,8 +43,10 @@ class RunSnapshot:
 
 
 class Tracking:
-    def __init__(self, stop: threading.Event, outage_seconds: float = 300.0, on_retry=None):
-        self.client = MlflowClient()
+    def __init__(self, tracking_uri: str, stop: threading.Event, outage_seconds: float = 300.0,
+                 on_retry=None):
+        self.tracking_uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
         self.stop = stop
         self.outage_seconds = outage_seconds
         self.on_retry = on_retry

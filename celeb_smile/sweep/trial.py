@@ -1,6 +1,7 @@
-"""One trial of a sweep as the scheduler, the search strategies, the stopping rules and the
+"""One trial of a sweep as the controller, the search strategies, the stopping rules and the
 report all see it. Search strategies and stopping rules read only `params`, `state`,
-`history`, `watched` and `warm_start`; the rest is the scheduler's bookkeeping."""
+`history`, `watched`, `warm_start` and `rung_passed` (which ASHA also sets); the rest is the
+controller's bookkeeping."""
 
 import math
 import time
@@ -24,6 +25,8 @@ class Trial:
     watched: dict[str, list[float]] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)  # latest value of every metric
     warm_start: bool = False  # an earlier sweep's run, told to the search, never run here
+    rung_passed: int = 0  # the highest ASHA rung (epoch) it was let through (RUNG_TAG)
+    rung_recorded: int = 0  # ... as its run records it
     handle: object = None  # the backend's handle while in flight
     started: float | None = None  # time.monotonic() at submission
     ended: float | None = None

@@ -2,7 +2,8 @@
 logging to its real MLflow run (a sqlite store), so the scheduler meets a real tracking store
 and only the cluster is simulated. Parameters script the behaviour:
   learning_rate -> the val_accuracy it reaches (val_loss: 1 - val_accuracy);
-  convolutions=9 -> the trial fails (exit 1)."""
+  convolutions=9 -> the trial fails (exit 1);
+  convolutions=8 -> its "pod" is never scheduled (stays SCHEDULED, Unschedulable)."""
 
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ from celeb_smile.sweep.backends import LaunchError, Observation
 
 ADOPT_TAG = "fake.handle"
 FAILING_CONVOLUTIONS = "9"
+UNSCHEDULABLE_CONVOLUTIONS = "8"
+UNSCHEDULABLE = "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."
 
 
 @dataclass
@@ -83,6 +86,8 @@ class FakeBackend:
     def _step(self, handle: FakeHandle) -> Observation:
         if handle.deleted:
             return Observation(TrialState.FAILED, "Job deleted")
+        if handle.params.get("convolutions") == UNSCHEDULABLE_CONVOLUTIONS:
+            return Observation(TrialState.SCHEDULED, UNSCHEDULABLE)
         if handle.params.get("convolutions") == FAILING_CONVOLUTIONS:
             self.client.set_terminated(handle.run_id, "FAILED")
             return Observation(TrialState.FAILED, "exit code 1", exit_code=1)

@@ -1,24 +1,8 @@
-"""An in-process stand-in for the scheduler's Sweep, of the shape report.py reads."""
-
-from dataclasses import dataclass, field
-
-from rich.console import Console
+"""Sweeps and trials made in memory, for the report's and the plots' tests."""
 
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep.spec import Objective, SweepSpec
 from celeb_smile.sweep.trial import Trial
-
-
-@dataclass
-class FakeSweep:
-    spec: SweepSpec
-    trials: list
-    client: object = None
-    console: Console = field(default_factory=lambda: Console(width=200, record=True))
-    status: str | None = None
-    promote: bool = False
-    code_version: str = "code-1"
-    experiment_id: str = "0"
 
 
 def spec_with(varying: dict[str, list[str]], metric="val_accuracy", direction="maximize",

@@ -7,7 +7,11 @@ from mlflow.entities import LoggedModelStatus, Metric, Param
 
 from celeb_smile.constants import SWEEP_ID_TAG, SWEEP_RUN_TAG, TrialState
 from celeb_smile.sweep.trial import Trial
-from tests.helpers.fake_sweep import FakeSweep, spec_with
+from rich.console import Console
+
+from celeb_smile.sweep import report
+from celeb_smile.sweep.result import SweepResult
+from tests.helpers.fake_sweep import spec_with
 
 METRIC = "val_accuracy"
 
@@ -18,7 +22,7 @@ def unique(prefix: str) -> str:
 
 def recorded_sweep(client, histories: list[list[float]], experiment_id: str | None = None,
                    status="FINISHED", promote=False, model_name=None, direction="maximize"):
-    """A FakeSweep whose trials (convolutions=1..n, objective = last of each history) have
+    """A SweepResult whose trials (convolutions=1..n, objective = last of each history) have
     real runs under a real parent run. Returns (sweep, parent_run_id)."""
     experiment_id = experiment_id or client.create_experiment(unique("report"))
     spec = spec_with({"convolutions": [str(i) for i in range(1, len(histories) + 1)]},
@@ -29,8 +33,7 @@ def recorded_sweep(client, histories: list[list[float]], experiment_id: str | No
     trials = [record_trial(client, experiment_id, parent, sweep_id, index, history)
               for index, history in enumerate(histories, 1)]
     client.set_terminated(parent, status)
-    sweep = FakeSweep(spec, trials, client=client, status=status, promote=promote,
-                      experiment_id=experiment_id)
+    sweep = SweepResult(spec, trials, experiment_id, parent, "code-1", status, promote)
     if model_name:
         sweep.registered_model = model_name
     return sweep, parent
@@ -53,10 +56,17 @@ def record_trial(client, experiment_id, parent, sweep_id, index, history) -> Tri
     return trial
 
 
-def rerun_of(sweep, parent_run_id: str) -> FakeSweep:
+def rerun_of(sweep, parent_run_id: str) -> SweepResult:
     """The same sweep run again with nothing to do: every trial SKIPPED (finished earlier)."""
     trials = [Trial(t.index, dict(t.params), sweep_id=t.sweep_id, state=TrialState.SKIPPED,
                     run_id=t.run_id, sweep_run_id=parent_run_id, history=list(t.history),
                     metrics=dict(t.metrics)) for t in sweep.trials]
-    return FakeSweep(sweep.spec, trials, client=sweep.client, status="FINISHED",
-                     promote=sweep.promote, experiment_id=sweep.experiment_id)
+    return SweepResult(sweep.spec, trials, sweep.experiment_id, parent_run_id, "code-1",
+                       "FINISHED", sweep.promote)
+
+
+def finish(result: SweepResult, client) -> str:
+    """report.finish, and what it printed."""
+    console = Console(width=200, record=True)
+    report.finish(result, client, console)
+    return console.export_text()

@@ -15,7 +15,7 @@ from celeb_smile.constants import (BEST_RUN_TAG, CHAMPION_ALIAS, CODE_VERSION_TA
                                    OBJECTIVE_VALUE_TAG, PROMOTED_BY_TAG, SWEEP_ID_TAG,
                                    TrialState)
 from celeb_smile.sweep import promotion, report
-from tests.helpers.tracking import METRIC, recorded_sweep, rerun_of, unique
+from tests.helpers.tracking import METRIC, finish, recorded_sweep, rerun_of, unique
 
 pytestmark = pytest.mark.integration
 
@@ -40,7 +40,7 @@ def test_prepare_experiment_opens_it_in_the_model_training_view(client):
 def test_finish_tags_the_best_run_and_the_note_links_it(client, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep, parent = recorded_sweep(client, [[0.5, 0.6], [0.5, 0.9], [0.5, 0.7], [0.4, 0.5]])
-    report.finish(sweep, parent)
+    finish(sweep, client)
     run = client.get_run(parent)
     best = sweep.trials[1]
     assert run.data.tags[BEST_RUN_TAG] == best.run_id
@@ -66,14 +66,14 @@ def test_a_rerun_that_ran_nothing_leaves_summary_and_plots_as_they_were(client, 
     sweep, parent = recorded_sweep(client, [[0.5, 0.6], [0.5, 0.9], [0.5, 0.7]])
     stopped = sweep.trials[2]
     stopped.state, stopped.reason = TrialState.STOPPED, "below the median at epoch 2"
-    report.finish(sweep, parent)
+    finish(sweep, client)
     first = open(summary_of(client, parent)).read()
     plot_sizes = {a.path: a.file_size for a in client.list_artifacts(parent, "plots")}
 
     again = rerun_of(sweep, parent)
     for trial in again.trials:  # were the plots redrawn from this state, they would differ
         trial.history = [0.1] * 5
-    report.finish(again, parent)
+    printed = finish(again, client)
 
     assert open(summary_of(client, parent)).read() == first
     rows = list(csv.DictReader(io.StringIO(first)))
@@ -82,7 +82,7 @@ def test_a_rerun_that_ran_nothing_leaves_summary_and_plots_as_they_were(client, 
         (sweep.trials[2].name, TrialState.STOPPED, parent),
         (sweep.trials[0].name, TrialState.FINISHED, parent)]
     assert {a.path: a.file_size for a in client.list_artifacts(parent, "plots")} == plot_sizes
-    assert "nothing ran" in again.console.export_text()
+    assert "nothing ran" in printed
 
 
 def champion(client, model_name):
@@ -93,7 +93,7 @@ def promoted(client, histories, model_name, **kwargs):
     sweep, parent = recorded_sweep(client, histories, promote=True, model_name=model_name,
                                    **kwargs)
     best = report.best_trial(sweep.trials, sweep.spec.objective)
-    return sweep, parent, promotion.promote(client, sweep, best, parent, model_name)
+    return sweep, parent, promotion.promote(client, sweep, best)
 
 
 @pytest.mark.parametrize("promote, status", [(False, "FINISHED"), (True, "FAILED"),
@@ -102,7 +102,7 @@ def test_nothing_is_registered_without_promote_or_from_an_unfinished_sweep(
         client, model_name, promote, status):
     sweep, parent = recorded_sweep(client, [[0.9]], status=status, promote=promote,
                                    model_name=model_name)
-    outcome = promotion.promote(client, sweep, sweep.trials[0], parent, model_name)
+    outcome = promotion.promote(client, sweep, sweep.trials[0])
     assert outcome.version is None and "not promoted" in outcome.message
     with pytest.raises(MlflowException):
         client.get_registered_model(model_name)
@@ -156,7 +156,7 @@ def test_finish_with_promote_names_the_model_version_in_the_note(client, model_n
                                                                  monkeypatch):
     monkeypatch.chdir(tmp_path)
     sweep, parent = recorded_sweep(client, [[0.6], [0.7]], promote=True, model_name=model_name)
-    report.finish(sweep, parent)
+    finish(sweep, client)
     note = client.get_run(parent).data.tags["mlflow.note.content"]
     assert f"[{model_name} v1](#/models/{model_name}/versions/1) @champion" in note
     assert "promoted:" in note

@@ -1,6 +1,6 @@
 """Where trials run: local processes (`local`) or Kubernetes Jobs (`kubernetes`).
 
-The scheduler creates each trial's MLflow run itself (parameters normalised, tags that say how
+The controller creates each trial's MLflow run itself (parameters normalised, tags that say how
 to find the trial again), then asks a backend to launch it. A backend answers for all the
 trials in flight at once (`observe`: one listing per poll, whatever their number), adopts the
 trials of a driver that died (`adopt`, from the run's tags), cancels, and hands over logs.
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from celeb_smile.constants import TrialState
-from celeb_smile.sweep.spec import ENTRY_POINT, PROJECT_DIR
+from celeb_smile.sweep.spec import ENTRY_POINT, PROJECT_DIR, project
 
 # What a trial runs: hashed into the code version that resume matches runs by.
 CODE_FILES = ("MLproject", "train.py", "Dockerfile", "pyproject.toml")
@@ -55,9 +55,7 @@ def entry_point_argv(params: dict[str, str]) -> list[str]:
     """MLproject's main command for `params`, as an argv (no shell, no re-quoting)."""
     import shlex
 
-    from mlflow.projects._project_spec import load_project
-
-    entry_point = load_project(str(PROJECT_DIR)).get_entry_point(ENTRY_POINT)
+    entry_point = project().get_entry_point(ENTRY_POINT)
     return shlex.split(entry_point.compute_command(params, storage_dir=None))
 
 

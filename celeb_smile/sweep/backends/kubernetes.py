@@ -18,7 +18,7 @@ import yaml
 from celeb_smile.constants import EXIT_TERMINATED, JOB_TAG, RUN_LABEL, SWEEP_LABEL, TrialState
 from celeb_smile.sweep.backends import (LaunchError, Observation, PreparationError,
                                         entry_point_argv, run_docker)
-from celeb_smile.sweep.spec import PROJECT_DIR
+from celeb_smile.sweep.spec import PROJECT_DIR, project
 
 REQUEST_TIMEOUT = (5, 15)  # connect, read (seconds) on every Kubernetes API call
 DATA_VOLUMES = ("tfds-data",)  # mounted only by trials that read CelebA
@@ -297,20 +297,23 @@ def read_backend_config(path: Path) -> dict:
     for key in ("kube-job-template-path", "repository-uri"):
         if key not in config:
             raise ValueError(f"backend config {path} lacks {key!r}")
-    template = Path(config["kube-job-template-path"])
-    if not template.is_absolute():  # relative to the config file, wherever the driver runs
-        template = Path(path).resolve().parent / template
+    template = job_template_path(path, config["kube-job-template-path"])
     if not template.is_file():
         raise ValueError(f"job template {template} (from {path}) does not exist")
     config["kube-job-template-path"] = str(template)
     return config
 
 
+def job_template_path(config_path: Path, named: str) -> Path:
+    """The job template a backend config names: relative to the config file, wherever the
+    driver runs."""
+    template = Path(named)
+    return template if template.is_absolute() else Path(config_path).resolve().parent / template
+
+
 def project_image(repository_uri: str) -> str:
     """The backend config's repository with MLproject's image tag (as MLflow names it)."""
-    from mlflow.projects._project_spec import load_project
-
-    image = load_project(str(PROJECT_DIR)).docker_env["image"]
+    image = project().docker_env["image"]
     tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest"
     return f"{repository_uri}:{tag}"
 

@@ -1,9 +1,10 @@
-"""The scheduler's core loop against an in-process backend and a real sqlite tracking store:
+"""The controller's core loop against an in-process backend and a real sqlite tracking store:
 max-parallel, the failures budget, retried and failed submissions, a deleted Job, adoption of a
 dead driver's trials, cancellation, the lease."""
 
 import io
 import shutil
+import signal
 import threading
 import time
 
@@ -14,13 +15,15 @@ from rich.console import Console
 
 from celeb_smile.constants import (CODE_VERSION_TAG, EXIT_BAD_INPUT, EXIT_INTERRUPTED,
                                    EXIT_OK, EXIT_TRIAL_FAILED, LEASE_TAG, PARAMS_TAG,
-                                   REASON_TAG, STOPPED_TAG, SWEEP_ID_TAG, TRIAL_INDEX_TAG)
+                                   REASON_TAG, RUNG_TAG, STOPPED_TAG, SWEEP_ID_TAG,
+                                   TRIAL_INDEX_TAG)
 from celeb_smile.constants import TrialState
-from celeb_smile.sweep.scheduler import Sweep
+from celeb_smile.retry import Unavailable
+from celeb_smile.sweep.controller import SweepController
 from celeb_smile.sweep.spec import EarlyStopping, SweepSpec
 from celeb_smile.sweep.tracking import RunSnapshot
 from celeb_smile.sweep.trial import Trial
-from tests.helpers.fake_backend import ADOPT_TAG, FakeBackend
+from tests.helpers.fake_backend import ADOPT_TAG, UNSCHEDULABLE, FakeBackend
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +45,13 @@ def store(empty_store, tmp_path, monkeypatch):
     mlflow.end_run()
 
 
-def make_sweep(backend, grid, **settings) -> Sweep:
+def make_sweep(backend, grid, **settings) -> SweepController:
     spec = SweepSpec(experiment="unit", params={"epochs": "3"}, grid=grid,
                      max_parallel=settings.pop("max_parallel", 2),
                      max_failures=settings.pop("max_failures", None),
                      early_stopping=settings.pop("early_stopping", None))
     console = Console(file=io.StringIO(), width=200)
-    return Sweep(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
+    return SweepController(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
                  **{"poll_seconds": 0, **settings})
 
 
@@ -69,7 +72,7 @@ def test_every_trial_runs_once_with_at_most_max_parallel_in_flight(store):
     assert names == {f"{sweep.sweep_id}/trial-0{i}" for i in range(1, 6)}
     for run in runs:
         assert run.data.tags[SWEEP_ID_TAG] == sweep.sweep_id
-        assert run.data.tags[CODE_VERSION_TAG] == sweep.code_version
+        assert run.data.tags[CODE_VERSION_TAG] == sweep.record.code_version
         assert run.data.tags[PARAMS_TAG].startswith("learning_rate=0.0")
         history = store.get_metric_history(run.info.run_id, "val_accuracy")
         assert [m.step for m in history] == [0, 1, 2]  # one point per epoch, no duplicates
@@ -277,7 +280,7 @@ def test_a_second_driver_on_a_running_sweep_refuses_and_creates_nothing(store):
 
 
 def _expire_lease(client, sweep) -> None:
-    client.set_tag(sweep.parent_id, LEASE_TAG, "dead-host:1:x 0")
+    client.set_tag(sweep.record.parent_id, LEASE_TAG, "dead-host:1:x 0")
 
 
 def test_adopted_trials_carry_the_tag_that_finds_them(store):
@@ -307,7 +310,7 @@ def test_a_warm_started_search_is_told_the_finished_trials_of_earlier_sweeps(sto
         spec = SweepSpec(experiment="unit", params={"epochs": "3"}, search="tpe", seed=seed,
                          random_space={"learning_rate": {"loguniform": [0.001, 0.05]}},
                          max_trials=max_trials)
-        return Sweep(spec, FakeBackend(), Console(file=io.StringIO()), poll_seconds=0,
+        return SweepController(spec, FakeBackend(), Console(file=io.StringIO()), poll_seconds=0,
                      tracking_uri=mlflow.get_tracking_uri(), **settings)
 
     first = tpe_sweep(seed=1, max_trials=3)
@@ -385,3 +388,73 @@ def test_a_trial_whose_run_finished_counts_as_finished_whatever_its_job_did_afte
     trial = Trial(1, {"epochs": "3"}, state=TrialState.FAILED, reason="Job x deleted")
     sweep._settle(trial, RunSnapshot("r", "FINISHED", {"val_accuracy": 0.9}, {}, {}, {}))
     assert (trial.state, trial.reason) == (TrialState.FINISHED, "")
+
+
+def test_the_goal_reached_while_another_trial_is_in_flight_stops_that_trial(store):
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"epochs": ["2", "10"], "learning_rate": ["0.05"]})
+    sweep.spec.goal = 0.6  # the 2-epoch trial ends at 0.66; the other is at epoch 3 of 10
+    assert sweep.run() == EXIT_OK
+    short, long = sweep.trials
+    assert short.state == TrialState.FINISHED
+    assert (long.state, long.reason) == (TrialState.STOPPED,
+                                         f"sweep goal reached by {short.name}")
+    assert backend.launched[1].cancelled and not backend.launched[0].cancelled
+    assert store.get_run(long.run_id).info.status == "KILLED"
+    assert sweep.ended_because == f"goal val_accuracy=0.6 reached by {short.name}"
+
+
+def test_a_trial_pending_longer_than_the_pending_timeout_fails_with_why_it_waited(store):
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"convolutions": ["8", "1"]}, pending_timeout=0)
+    assert sweep.run() == EXIT_TRIAL_FAILED
+    stuck, ran = sweep.trials
+    assert stuck.state == TrialState.FAILED and ran.state == TrialState.FINISHED
+    assert stuck.reason.startswith("pending for ") and stuck.reason.endswith(
+        f"s (--pending-timeout): {UNSCHEDULABLE}")
+    assert backend.launched[0].cancelled
+    assert store.get_run(stuck.run_id).data.tags[REASON_TAG] == stuck.reason
+
+
+def test_a_second_interruption_quits_at_once_deleting_the_jobs_and_leaving_runs_to_adopt(store):
+    def interrupt_twice(backend):
+        if backend.polls == 2:
+            sweep._on_signal(signal.SIGINT, None)  # the first: cancel what is in flight...
+            sweep._on_signal(signal.SIGINT, None)  # ...the second, before that is done
+
+    backend = FakeBackend(on_poll=interrupt_twice)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
+    assert sweep.run() == EXIT_INTERRUPTED
+    assert len(backend.launched) == 2 and all(h.cancelled for h in backend.launched)
+    assert [r.info.status for r in trial_runs(store)] == ["RUNNING", "RUNNING"]
+
+
+def test_the_tracking_server_failing_during_reads_is_ridden_out(store):
+    failures = []
+
+    def unavailable_twice(*args):
+        if len(failures) < 2:
+            failures.append(1)
+            raise Unavailable("read the runs in flight: ConnectionRefusedError")
+        return snapshots(*args)
+
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.02"]})
+    snapshots = sweep.tracking.snapshots
+    sweep.tracking.snapshots = unavailable_twice
+    assert sweep.run() == EXIT_OK
+    assert len(failures) == 2
+    assert "tracking server unreachable" in sweep.console.file.getvalue()
+    assert sorted(r.info.status for r in trial_runs(store)) == ["FINISHED", "FINISHED"]
+    for run in trial_runs(store):  # every epoch read, none twice
+        assert [m.step for m in store.get_metric_history(run.info.run_id, "val_accuracy")] == \
+            [0, 1, 2]
+
+
+def test_the_rung_a_trial_passed_is_recorded_on_its_run(store):
+    asha = EarlyStopping("asha", grace_period=1, reduction_factor=2)
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.04"]},
+                       early_stopping=asha)
+    assert sweep.run() == EXIT_OK
+    stopped, finished = sweep.trials
+    assert RUNG_TAG not in store.get_run(stopped.run_id).data.tags  # stopped at its first
+    assert store.get_run(finished.run_id).data.tags[RUNG_TAG] == "2"  # rungs 1 and 2 passed
