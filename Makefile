@@ -5,6 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 REGISTRY ?= localhost:5001
 TRAIN_IMAGE := $(REGISTRY)/celeb-smile-train:0.1.0
+# A detached sweep's controller (driver.py --detach): beside the training image, same tag.
+CONTROLLER_IMAGE := $(REGISTRY)/celeb-smile-controller:0.1.0
 # MLproject's docker_env image: `mlflow run --build-image` layers the project on it locally.
 PROJECT_IMAGE := localhost:5001/celeb-smile-train:0.1.0
 # The server's tag is k8s/kustomization.yaml's (bumped whenever the image changes).
@@ -38,10 +40,12 @@ sweep: venv  ## run the default sweep locally (synthetic data, sqlite store in .
 cluster:  ## create (or reuse) a kind cluster wired to a registry on localhost:5001
 	scripts/kind-cluster.sh
 
-images:  ## build the training and tracking-server images and push them to $(REGISTRY)
+images:  ## build the training, controller and tracking-server images and push them to $(REGISTRY)
 	docker build -t $(TRAIN_IMAGE) -t $(PROJECT_IMAGE) .
+	docker build -t $(CONTROLLER_IMAGE) -f k8s/controller/Dockerfile .
 	docker build -t $(SERVER_IMAGE) -f k8s/server/Dockerfile .
 	docker push $(TRAIN_IMAGE)
+	docker push $(CONTROLLER_IMAGE)
 	docker push $(SERVER_IMAGE)
 
 deploy:  ## deploy the tracking server and PostgreSQL into $(NAMESPACE), images from $(REGISTRY)

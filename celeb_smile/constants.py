@@ -28,6 +28,7 @@ PARAMS_TAG = "celeb_smile.params"  # short 'name=value, ...' of a trial's varyin
 WARM_START_TAG = "celeb_smile.warm_start"  # number of earlier runs that seeded a search
 TRIAL_USER_TAG = "celeb_smile.trial_user"  # the one `trial-...` MLflow user that may write a run
 RUNG_TAG = "celeb_smile.rung_passed"  # the highest ASHA rung (epoch) a trial was let through
+CANCEL_TAG = "celeb_smile.cancelled_by"  # on the parent: who asked (driver.py --cancel) and when
 
 # -- tracking-server identities -----------------------------------------------------------
 # MLflow users named TRIAL_USER_PREFIX + ... (one per trial) may only do a training run's job,
@@ -104,5 +105,6 @@ OUTAGE_PATIENCE_S = 300
 
 # -- Kubernetes labels on a trial's Job and pod (besides app.kubernetes.io/component) ----------
 SWEEP_LABEL = "celeb-smile/sweep-id"  # lists a sweep's Jobs and pods in one call
+COMPONENT_LABEL = "app.kubernetes.io/component"  # the one label key of k8s/: training, controller
 RUN_LABEL = "celeb-smile/run-id"  # the trial's MLflow run
 SUBMISSION_TAG = "celeb_smile.submission"  # a token that makes a retried run creation idempotent

@@ -13,8 +13,9 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from celeb_smile.constants import (CODE_VERSION_TAG, EXIT_BAD_INPUT, EXIT_INTERRUPTED,
-                                   EXIT_OK, EXIT_TRIAL_FAILED, LEASE_TAG, PARAMS_TAG,
+from celeb_smile.constants import (CANCEL_TAG, CODE_VERSION_TAG, EXIT_BAD_INPUT,
+                                   EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
+                                   EXIT_TRIAL_FAILED, LEASE_TAG, PARAMS_TAG,
                                    REASON_TAG, RUNG_TAG, STOPPED_TAG, SWEEP_ID_TAG,
                                    TRIAL_INDEX_TAG)
 from celeb_smile.constants import TrialState
@@ -458,3 +459,59 @@ def test_the_rung_a_trial_passed_is_recorded_on_its_run(store):
     stopped, finished = sweep.trials
     assert RUNG_TAG not in store.get_run(stopped.run_id).data.tags  # stopped at its first
     assert store.get_run(finished.run_id).data.tags[RUNG_TAG] == "2"  # rungs 1 and 2 passed
+
+
+def parent_of(client, sweep):
+    return client.get_run(sweep.record.parent_id)
+
+
+def test_a_cancel_request_on_the_parent_run_cancels_the_trials_and_says_who(store):
+    def cancel_from_elsewhere(backend):
+        if backend.polls == 2:
+            store.set_tag(sweep.record.parent_id, CANCEL_TAG, "alice@laptop")
+
+    backend = FakeBackend(on_poll=cancel_from_elsewhere)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
+    assert sweep.run() == EXIT_INTERRUPTED
+    assert len(backend.launched) == 2 and all(h.cancelled for h in backend.launched)
+    runs = trial_runs(store)
+    assert [r.info.status for r in runs] == ["KILLED", "KILLED"]
+    assert {r.data.tags[REASON_TAG] for r in runs} == {"sweep cancelled by alice@laptop"}
+    parent = parent_of(store, sweep)
+    assert parent.info.status == "KILLED"
+    assert "**Ended early**: cancelled by alice@laptop" in parent.data.tags["mlflow.note.content"]
+
+
+def test_a_sweep_started_again_after_a_cancel_is_not_cancelled_by_the_old_request(store):
+    def cancel_from_elsewhere(backend):
+        store.set_tag(first.record.parent_id, CANCEL_TAG, "alice@laptop")
+
+    first = make_sweep(FakeBackend(on_poll=cancel_from_elsewhere), {"learning_rate": ["0.01"]})
+    assert first.run() == EXIT_INTERRUPTED
+    backend = FakeBackend()
+    again = make_sweep(backend, {"learning_rate": ["0.01"]})  # the same sweep, started again
+    assert again.run() == EXIT_OK
+    assert again.record.parent_id == first.record.parent_id and len(backend.launched) == 1
+    assert [t.state for t in again.trials] == [TrialState.FINISHED]
+    assert CANCEL_TAG not in parent_of(store, again).data.tags
+
+
+def test_sigterm_in_a_pod_hands_the_sweep_over_and_the_next_controller_adopts_it(store):
+    def pod_deleted(backend):
+        if backend.polls == 2:
+            sweep._on_signal(signal.SIGTERM, None)
+
+    grid = {"learning_rate": ["0.01", "0.02", "0.03"]}
+    first = FakeBackend(on_poll=pod_deleted)
+    sweep = make_sweep(first, grid, hand_over_on_sigterm=True)
+    assert sweep.run() == EXIT_TERMINATED
+    assert len(first.launched) == 2 and not any(h.cancelled for h in first.launched)
+    assert [r.info.status for r in trial_runs(store)] == ["RUNNING", "RUNNING"]
+    parent = parent_of(store, sweep)
+    assert parent.info.status == "RUNNING" and parent.data.tags[LEASE_TAG].endswith(" 0")
+
+    second = FakeBackend()
+    successor = make_sweep(second, grid, hand_over_on_sigterm=True)
+    assert successor.run() == EXIT_OK  # no wait: the lease was released
+    assert len(second.launched) == 1  # the third trial only; the first two adopted
+    assert sorted(r.info.status for r in trial_runs(store)) == ["FINISHED"] * 3

@@ -5,7 +5,7 @@ import os
 import sys
 
 from celeb_smile.cli import fail
-from celeb_smile.constants import EXIT_INTERRUPTED, EXIT_TRIAL_FAILED, OUTAGE_PATIENCE_S
+from celeb_smile.constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIAL_FAILED, OUTAGE_PATIENCE_S
 from celeb_smile.sweep.connect import in_cluster_tracking_uri
 
 DEFAULT_NAMESPACE = "celeb-smile"  # when the job template names none
@@ -74,6 +74,22 @@ def build_parser():
     add("--warm-start", action="store_true",
         help="seed an adaptive search (tpe) with the FINISHED runs of the same experiment made "
              "by the same code")
+    detached = parser.add_argument_group(
+        "detached sweeps (kubernetes: the sweep's controller runs as a Job in its namespace)")
+    steer = detached.add_mutually_exclusive_group()
+    steer.add_argument("--detach", action="store_true",
+                       help="prepare the sweep, hand it to a controller Job, and exit: the "
+                            "sweep runs to its end with nobody attached")
+    steer.add_argument("--status", action="store_true",
+                       help="the namespace's detached sweeps, one line each")
+    steer.add_argument("--attach", metavar="SWEEP_ID",
+                       help="a detached sweep's live progress, then its summary (read-only: "
+                            "Ctrl-C detaches, the sweep goes on)")
+    steer.add_argument("--cancel", metavar="SWEEP_ID",
+                       help="cancel a sweep's trials in flight (runs KILLED, no pod left) and "
+                            "end it")
+    steer.add_argument("--logs", metavar="SWEEP_ID", help="a detached sweep's controller log")
+    steer.add_argument("--run-detached", metavar="DIR", help=argparse.SUPPRESS)  # in its pod
     add("--poll-seconds", type=float, help=argparse.SUPPRESS)  # default: the backend's
     add("--stats-file", help=argparse.SUPPRESS)  # benchmarks: per-poll API calls, JSON lines
     return parser
@@ -165,18 +181,8 @@ class KeepsWriting:
 
 def _main(argv, cleanup) -> int:
     import logging
-    from pathlib import Path
 
-    import mlflow
     from rich.console import Console
-
-    from celeb_smile.sweep.backends import PreparationError
-    from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
-    from celeb_smile.sweep.backends.local import LocalBackend
-    from celeb_smile.sweep.connect import TrackingConnectionError, connect_to_tracking_server
-    from celeb_smile.sweep.controller import SweepController
-    from celeb_smile.sweep.tracking import Unavailable, configure_driver_http
-    from celeb_smile.sweep.spec import PROJECT_DIR, validate
 
     args = build_parser().parse_args(argv)
     console = Console()
@@ -185,7 +191,27 @@ def _main(argv, cleanup) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     # MLflow prints a "View run" link per ended run; the summary table names them all.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.run_detached:
+        return _run_detached(args, console)
+    if args.status or args.attach or args.cancel or args.logs:
+        return _steer(args, console, cleanup)
+    return _sweep(args, console, cleanup)
+
+
+def _sweep(args, console, cleanup) -> int:
+    """Run the sweep the arguments define: here (local trials, or Kubernetes Jobs watched
+    from this machine), or, with --detach, by a controller Job in the cluster."""
+    from pathlib import Path
+
+    from celeb_smile.sweep.backends.local import LocalBackend
+    from celeb_smile.sweep.connect import TrackingConnectionError
+    from celeb_smile.sweep.spec import validate
+
     remote = args.backend == "kubernetes"
+    if args.detach and not remote:
+        return fail("--detach runs the sweep's controller in the cluster: add --backend "
+                    "kubernetes")
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         if not remote:  # absolute, since trials run in another directory
             os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{Path(EMBEDDED_STORE).resolve()}"
@@ -199,42 +225,230 @@ def _main(argv, cleanup) -> int:
             raise ValueError(f"--warm-start seeds an adaptive search (search: tpe), not "
                              f"{spec.search}")
         if remote:
-            config_path = Path(args.backend_config or PROJECT_DIR / "kubernetes_config.json")
-            namespace, context = _job_namespace_and_context(config_path)
-            cluster_uri = (args.cluster_tracking_uri or os.environ.get("KUBE_MLFLOW_TRACKING_URI")
-                           or in_cluster_tracking_uri(namespace))
-            backend = KubernetesBackend(config_path, cluster_uri, spec.sweep_id(),
-                                        build=not args.no_build)
-            if not os.environ.get("MLFLOW_TRACKING_URI"):
-                # Through the Kubernetes API: follows the server's pod across restarts.
-                connection = cleanup.enter_context(
-                    connect_to_tracking_server(namespace, context=context))
-                os.environ["MLFLOW_TRACKING_URI"] = connection.uri
-                console.print(f"tracking server {namespace}/mlflow reached at {connection.uri} "
-                              f"(Kubernetes API port-forward); pods use {cluster_uri}")
+            cluster = _cluster(args)
+            backend = cluster.backend(spec.sweep_id(), build=not args.no_build)
+            tracking_uri = _connect(cluster, console, cleanup)
         else:
             backend = LocalBackend(Path(".sweep") / spec.sweep_id())
-        # The environment decides, whatever this process's MLflow was pointed at before;
-        # trials (local processes) inherit the same variable.
-        mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
-        _check_reachable(mlflow.get_tracking_uri())
+            tracking_uri = _connect(None, console, cleanup)
     except (ValueError, TrackingConnectionError) as error:
         return fail(str(error))
-    console.print(f"tracking: {mlflow.get_tracking_uri()}  experiment: {spec.experiment}")
+    console.print(f"tracking: {tracking_uri}  experiment: {spec.experiment}")
+    if remote and args.detach:
+        return _handled(lambda: _detach(args, spec, backend, cluster, tracking_uri, console))
+    if remote and (steering := _steering(cluster, tracking_uri, console)).controller_alive(
+            spec.sweep_id()):
+        console.print(f"sweep {spec.sweep_id()} is run by its controller in the cluster: "
+                      "attaching", highlight=False)
+        return _handled(lambda: steering.attach(spec.sweep_id()))
+    return _handled(lambda: _controller(args, spec, backend, console, tracking_uri).run())
+
+
+def _controller(args, spec, backend, console, tracking_uri, **settings):
+    from celeb_smile.sweep.controller import SweepController
+    from celeb_smile.sweep.tracking import configure_driver_http
+
     configure_driver_http()
-    sweep = SweepController(spec, backend, console, tracking_uri=mlflow.get_tracking_uri(),
-                  rerun=args.rerun, poll_seconds=args.poll_seconds, promote=args.promote,
-                  warm_start=args.warm_start,
-                  pending_timeout=args.pending_timeout, outage_seconds=args.outage_timeout,
-                  stats_path=args.stats_file)
+    return SweepController(spec, backend, console, tracking_uri=tracking_uri, rerun=args.rerun,
+                           poll_seconds=args.poll_seconds, promote=args.promote,
+                           warm_start=args.warm_start, pending_timeout=args.pending_timeout,
+                           outage_seconds=args.outage_timeout, stats_path=args.stats_file,
+                           **settings)
+
+
+def _handled(command) -> int:
+    """`command()`'s exit code; what stops a sweep before its first trial, in one line."""
+    from celeb_smile.sweep.backends import PreparationError
+    from celeb_smile.sweep.tracking import Unavailable
+
     try:
-        return sweep.run()
+        return command()
     except KeyboardInterrupt:  # while preparing (e.g. building the image): nothing submitted
         print("interrupted before any trial was submitted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (PreparationError, Unavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_TRIAL_FAILED
+
+
+class _Cluster:
+    """Where a Kubernetes sweep runs: the backend config, its Job template's namespace, the
+    kube context, and the tracking server's address as pods see it."""
+
+    def __init__(self, args):
+        from pathlib import Path
+
+        from celeb_smile.sweep.spec import PROJECT_DIR
+
+        self.config_path = Path(args.backend_config or PROJECT_DIR / "kubernetes_config.json")
+        self.namespace, self.context = _job_namespace_and_context(self.config_path)
+        self.tracking_uri = (args.cluster_tracking_uri
+                             or os.environ.get("KUBE_MLFLOW_TRACKING_URI")
+                             or in_cluster_tracking_uri(self.namespace))
+
+    def backend(self, sweep_id: str, build: bool = True, image_ref: str | None = None):
+        from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(self.config_path, self.tracking_uri, sweep_id, build=build,
+                                 image_ref=image_ref)
+
+    def clients(self):
+        from celeb_smile.sweep.backends.kubernetes import kubernetes_clients
+
+        return kubernetes_clients(self.context)
+
+
+def _cluster(args) -> _Cluster:
+    return _Cluster(args)
+
+
+def _connect(cluster: _Cluster | None, console, cleanup) -> str:
+    """This process's address of the tracking server, checked: MLFLOW_TRACKING_URI, else (for
+    a cluster) a port-forward this process owns, following the server's pod."""
+    import mlflow
+
+    from celeb_smile.sweep.connect import connect_to_tracking_server
+
+    if cluster is not None and not os.environ.get("MLFLOW_TRACKING_URI"):
+        connection = cleanup.enter_context(
+            connect_to_tracking_server(cluster.namespace, context=cluster.context))
+        os.environ["MLFLOW_TRACKING_URI"] = connection.uri
+        console.print(f"tracking server {cluster.namespace}/mlflow reached at {connection.uri} "
+                      f"(Kubernetes API port-forward); pods use {cluster.tracking_uri}")
+    # The environment decides, whatever this process's MLflow was pointed at before;
+    # trials (local processes) inherit the same variable.
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    _check_reachable(mlflow.get_tracking_uri())
+    return mlflow.get_tracking_uri()
+
+
+def _steering(cluster: _Cluster, tracking_uri: str, console):
+    import threading
+
+    from celeb_smile.sweep.steer import Steering
+    from celeb_smile.sweep.tracking import Tracking, configure_driver_http
+
+    configure_driver_http()
+    core, batch = cluster.clients()
+    return Steering(core, batch, cluster.namespace, Tracking(tracking_uri, threading.Event()),
+                    console)
+
+
+def _steer(args, console, cleanup) -> int:
+    """--status, --attach, --cancel, --logs: a detached sweep, from any machine."""
+    from celeb_smile.sweep.backends import PreparationError
+    from celeb_smile.sweep.connect import TrackingConnectionError
+    from celeb_smile.sweep.steer import SweepNotFound
+
+    try:
+        cluster = _cluster(args)
+        if args.logs:  # the cluster's alone: no tracking server needed
+            from celeb_smile.sweep.steer import Steering
+
+            core, batch = cluster.clients()
+            return Steering(core, batch, cluster.namespace, None, console).logs(args.logs)
+        steering = _steering(cluster, _connect(cluster, console, cleanup), console)
+        if args.status:
+            return steering.status()
+        if args.attach:
+            return steering.attach(args.attach)
+        return steering.cancel(args.cancel)
+    except (ValueError, TrackingConnectionError, PreparationError, SweepNotFound) as error:
+        return fail(str(error))
+
+
+def _detach(args, spec, backend, cluster: _Cluster, tracking_uri: str, console) -> int:
+    """Prepare as a sweep run here would (images, experiment, trainer grant), then submit the
+    sweep's controller as a Job and exit."""
+    import threading
+
+    from celeb_smile.sweep import detach
+    from celeb_smile.sweep.access import AccessError, grant_trainer
+    from celeb_smile.sweep.backends import code_version
+    from celeb_smile.sweep.backends.kubernetes import pushed_image
+    from celeb_smile.sweep.record import SweepRecord
+    from celeb_smile.sweep.spec import PROJECT_DIR
+    from celeb_smile.sweep.tracking import Tracking, configure_driver_http
+
+    configure_driver_http()
+    sweep_id = spec.sweep_id()
+    record = SweepRecord(Tracking(tracking_uri, threading.Event()), spec, code_version())
+    parent, _ = record.find()
+    steering = _steering(cluster, tracking_uri, console)
+    if (holder := record.holder(parent)) or steering.controller_alive(sweep_id):
+        return fail(f"sweep {sweep_id} is already running ({holder or 'its controller Job'}): "
+                    f"driver.py --attach {sweep_id}")
+    backend.prepare(console)  # the training image, built and pushed (or found)
+    controller_image = pushed_image(
+        console, detach.controller_image(backend.config["repository-uri"], backend.image),
+        PROJECT_DIR / "k8s" / "controller" / "Dockerfile", build=not args.no_build)
+    try:
+        grant_trainer(tracking_uri, record.experiment_id)
+    except AccessError as error:
+        return fail(str(error))
+    started_by = detach.who()
+    options = detach.ControllerOptions(
+        tracking_uri=cluster.tracking_uri, image_ref=backend.image_ref,
+        code_version=record.code_version, started_by=started_by, rerun=args.rerun,
+        promote=args.promote, warm_start=args.warm_start,
+        pending_timeout=args.pending_timeout, outage_timeout=args.outage_timeout,
+        poll_seconds=args.poll_seconds)
+    files = detach.handover_files(spec, options, backend.template_text, backend.config)
+    job = detach.controller_job(cluster.namespace, sweep_id, controller_image,
+                                record.experiment_id, started_by)
+    steering.forget_ended(sweep_id)
+    detach.submit(backend.core, backend.batch, cluster.namespace, job, files, _credentials())
+    name = job["metadata"]["name"]
+    driver = "driver.py" + (f" --backend-config {args.backend_config}"
+                            if args.backend_config else "")
+    console.print(f"sweep {sweep_id} detached: controller Job {cluster.namespace}/{name}",
+                  highlight=False)
+    for command, what in (("--status", "the namespace's sweeps"),
+                          (f"--attach {sweep_id}", "its live progress (Ctrl-C detaches)"),
+                          (f"--logs {sweep_id}", "its controller's log"),
+                          (f"--cancel {sweep_id}", "cancel its trials and end it")):
+        console.print(f"  {driver} {command:<22} {what}", highlight=False, soft_wrap=True)
+    return EXIT_OK
+
+
+def _credentials() -> tuple[str, str] | None:
+    user, password = (os.environ.get("MLFLOW_TRACKING_USERNAME"),
+                      os.environ.get("MLFLOW_TRACKING_PASSWORD"))
+    return (user, password) if user and password else None
+
+
+def _run_detached(args, console) -> int:
+    """The controller in its pod: the sweep as the laptop handed it over. Exit 0 once the
+    sweep has ended, whatever its outcome (that is MLflow's to tell); anything else makes the
+    Job start another pod, which takes over."""
+    import threading
+    from pathlib import Path
+
+    from celeb_smile.sweep import detach
+    from celeb_smile.sweep.tracking import LEASE_SECONDS
+
+    spec, options, config_path = detach.load_handover(Path(args.run_detached))
+    detach.log_in_from()
+    args.rerun, args.promote, args.warm_start = options.rerun, options.promote, \
+        options.warm_start
+    args.pending_timeout, args.outage_timeout = options.pending_timeout, options.outage_timeout
+    args.poll_seconds = options.poll_seconds
+    os.environ["MLFLOW_TRACKING_URI"] = options.tracking_uri
+    from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
+
+    backend = KubernetesBackend(config_path, options.tracking_uri, spec.sweep_id(), build=False,
+                                image_ref=options.image_ref)
+    console.print(f"controller of sweep {spec.sweep_id()}, started by {options.started_by}; "
+                  f"tracking {options.tracking_uri}", highlight=False)
+    controller = _controller(args, spec, backend, console, options.tracking_uri,
+                             code_version=options.code_version, hand_over_on_sigterm=True,
+                             lease_wait_s=2 * LEASE_SECONDS)
+    backend.prepare(console)
+    controller.tracking.host_alive = detach.pod_alive(backend.core, backend.namespace,
+                                                      spec.sweep_id())
+    exit_code = _handled(controller.run)
+    ended = exit_code in (EXIT_OK, EXIT_TRIAL_FAILED, EXIT_INTERRUPTED) and controller.status
+    return EXIT_OK if ended else (exit_code or EXIT_TRIAL_FAILED)
 
 
 def _job_namespace_and_context(config_path) -> tuple[str, str | None]:

@@ -17,13 +17,14 @@ import threading
 import time
 from concurrent.futures import Future
 
-from celeb_smile.constants import (ERROR_TAG, EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK,
-                                   EXIT_TRIAL_FAILED, OUTAGE_PATIENCE_S, STOPPED_TAG,
-                                   SWEEP_RUN_TAG, TrialState)
+from celeb_smile.constants import (CANCEL_TAG, ERROR_TAG, EXIT_BAD_INPUT, EXIT_INTERRUPTED,
+                                   EXIT_OK, EXIT_TERMINATED, EXIT_TRIAL_FAILED,
+                                   OUTAGE_PATIENCE_S, STOPPED_TAG, SWEEP_RUN_TAG, TrialState)
 from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep import report
 from celeb_smile.sweep.access import AccessError, grant_trainer
-from celeb_smile.sweep.backends import LaunchError, code_version
+from celeb_smile.sweep.backends import LaunchError
+from celeb_smile.sweep.backends import code_version as current_code_version
 from celeb_smile.sweep.policy import Policy
 from celeb_smile.sweep.progress import Progress
 from celeb_smile.sweep.record import SweepRecord
@@ -34,6 +35,7 @@ from celeb_smile.sweep.trial import Trial
 
 S = TrialState
 LEASE_RENEW_SECONDS = 30
+LEASE_WAIT_POLL_S = 5  # how often a controller waiting for a lease reads it again
 LAUNCH_PATIENCE_S = 120  # a submission is retried this long before its trial fails
 NOTE_EVERY_S = 30  # the parent's description is rewritten at most this often while trials run
 FINISHING_POLL_S = 0.5  # the poll interval while a trial is past its last epoch (ends soon)
@@ -46,7 +48,9 @@ class HardStop(BaseException):
 class SweepController:
     def __init__(self, spec, backend, console, *, tracking_uri: str, rerun=False,
                  poll_seconds=None, promote=False, warm_start=False,
-                 pending_timeout=900.0, outage_seconds=OUTAGE_PATIENCE_S, stats_path=None):
+                 pending_timeout=900.0, outage_seconds=OUTAGE_PATIENCE_S, stats_path=None,
+                 code_version: str | None = None, hand_over_on_sigterm=False,
+                 lease_wait_s=0.0):
         self.spec = spec
         self.backend = backend
         self.console = console
@@ -56,12 +60,19 @@ class SweepController:
         self.warm_start = warm_start
         self.pending_timeout = pending_timeout
         self.stats_path = stats_path  # JSON lines of per-poll API calls (benchmarks)
-        self.interrupted = threading.Event()  # first Ctrl-C: no more submissions, cancel
+        self.interrupted = threading.Event()  # first Ctrl-C or --cancel: cancel, submit nothing
         self.hard_stop = threading.Event()  # second Ctrl-C
+        # In a pod, SIGTERM (the pod deleted, its node drained) hands the sweep over to the
+        # next controller: the lease is released and the trials keep running.
+        self.hand_over_on_sigterm = hand_over_on_sigterm
+        self.handing_over = threading.Event()
+        self._wakeup = threading.Event()  # ends the wait for the next poll
+        self.lease_wait_s = lease_wait_s  # how long to wait for another holder's lease
+        self.cancelled_by = ""  # who asked for the sweep's end (driver.py --cancel)
         self.tracking = Tracking(tracking_uri, self.interrupted, outage_seconds,
                                  on_retry=self._retrying)
         self.client = self.tracking.client
-        self.record = SweepRecord(self.tracking, spec, code_version())
+        self.record = SweepRecord(self.tracking, spec, code_version or current_code_version())
         self.policy = Policy(spec)
         self.trials: list[Trial] = []
         self.warm: list[Trial] = []  # earlier sweeps' runs that seed an adaptive search
@@ -88,13 +99,14 @@ class SweepController:
     def result(self) -> SweepResult:
         return SweepResult(self.spec, self.trials, self.record.experiment_id,
                            self.record.parent_id, self.record.code_version, self.status,
-                           self.promote, warm_start_runs=len(self.warm))
+                           self.promote, warm_start_runs=len(self.warm),
+                           ended_because=self.ended_because)
 
     # == the whole sweep =========================================================================
     def run(self) -> int:
         self._stat(started=True)
-        parent, runs = self.record.find()
-        if holder := self.record.holder(parent):
+        holder, parent, runs = self._wait_for_lease()
+        if holder:
             return self._refuse(holder)
         self.backend.prepare(self.console)  # before the parent run: a failure leaves no trace
         try:
@@ -113,7 +125,36 @@ class SweepController:
                 self._run_trials()
         except HardStop:
             return self._hard_exit()
+        if self.handing_over.is_set():
+            return self._hand_over()
         return self._close()
+
+    def _wait_for_lease(self):
+        """(another live holder of the sweep's lease or None, the parent run, the trial runs),
+        waiting up to `lease_wait_s` for a holder's lease to end."""
+        deadline = time.monotonic() + self.lease_wait_s
+        while True:
+            parent, runs = self.record.find()
+            holder = self.record.holder(parent)
+            if not holder or time.monotonic() >= deadline:
+                return holder, parent, runs
+            self.console.print(f"waiting for {holder}'s lease on the sweep to end",
+                               highlight=False)
+            time.sleep(LEASE_WAIT_POLL_S)
+
+    def _hand_over(self) -> int:
+        """Leave the sweep to the next controller: the trials keep running, their runs and
+        the parent stay RUNNING, the lease is released so it need not wait for it."""
+        self.recorder.drain()
+        try:
+            self.record.release(self.wall_seconds())
+        except Unavailable as error:
+            print(f"error: the lease was not released ({error}); the next controller waits "
+                  "for it to expire", file=sys.stderr)
+        in_flight = sum(t.state.in_flight for t in self.trials)
+        self.console.print(f"handed over: {in_flight} trials in flight keep running; the next "
+                           "controller adopts them", highlight=False)
+        return EXIT_TERMINATED
 
     def _refuse(self, holder: str) -> int:
         print(f"error: sweep {self.sweep_id} is being run by another driver ({holder}); "
@@ -198,9 +239,13 @@ class SweepController:
                 break
             self._keep_lease()
             self.progress.refresh()
-            self.interrupted.wait(self._until_next_poll(time.monotonic() - polled))
+            self._wakeup.wait(self._until_next_poll(time.monotonic() - polled))
+            if self.handing_over.is_set():
+                return
         if self.interrupted.is_set():
-            self._cancel_in_flight("sweep interrupted", S.KILLED)
+            reason = f"sweep cancelled by {self.cancelled_by}" if self.cancelled_by else \
+                "sweep interrupted"
+            self._cancel_in_flight(reason, S.KILLED)
 
     def _poll_interval(self) -> float:
         """Seconds from one poll's start to the next: `poll_seconds`, shorter while a trial has
@@ -283,8 +328,10 @@ class SweepController:
 
     def _read_metrics(self, trials) -> None:
         self._snapshots = {}
-        try:
-            snapshots = self.record.snapshots([t.run_id for t in trials])
+        try:  # the parent run in the same query: it may carry a request to cancel
+            snapshots = self.record.snapshots([t.run_id for t in trials] +
+                                              [self.record.parent_id])
+            self._check_cancelled(snapshots.pop(self.record.parent_id, None))
             self._snapshots = snapshots
             for trial in trials:
                 if trial.run_id in snapshots:
@@ -295,6 +342,16 @@ class SweepController:
             self._unreachable.pop("tracking server", None)
         except Unavailable as error:
             self._note_unreachable("tracking server", error)
+
+    def _check_cancelled(self, parent) -> None:
+        """`driver.py --cancel` tags the parent run: cancel every trial in flight and end."""
+        asked = parent.tags.get(CANCEL_TAG) if parent is not None else None
+        if asked and not self.interrupted.is_set():
+            self.cancelled_by = asked
+            self.ended_because = f"cancelled by {asked}"
+            self.console.print(f"[yellow]{self.ended_because}: cancelling the trials in "
+                               "flight[/]", highlight=False)
+            self._interrupt()
 
     def _behind(self, trial: Trial, run, watch: str | None) -> bool:
         """Whether `run` (a RunSnapshot) logged epochs of the series that `trial` has not read."""
@@ -442,7 +499,7 @@ class SweepController:
     def wall_seconds(self) -> float:
         return self.record.seconds_before + time.monotonic() - self.started
 
-    # -- ending trials -------------------------------------------------------------------------------
+    # -- ending trials ---------------------------------------------------------------------------
     def _cancel(self, trial: Trial, state: TrialState, reason: str, tags=None) -> None:
         self.progress.event(trial, "stopping")
         try:
@@ -532,12 +589,22 @@ class SweepController:
 
     # == interruption ==============================================================================
     def _on_signal(self, signum, frame) -> None:
+        if self.hand_over_on_sigterm and signum == signal.SIGTERM:
+            if not self.handing_over.is_set():
+                self.console.print("SIGTERM: handing the sweep over to the next controller")
+                self.handing_over.set()
+                self._wakeup.set()
+            return
         if self.interrupted.is_set():
             self.hard_stop.set()
             raise HardStop()
         self.console.print(f"[yellow]{signal.Signals(signum).name}: no more submissions; "
                            "cancelling the trials in flight (again to quit at once)...[/]")
+        self._interrupt()
+
+    def _interrupt(self) -> None:
         self.interrupted.set()
+        self._wakeup.set()
         self.tracking.stop = self.hard_stop  # writes still go through while cancelling
 
     def _hard_exit(self) -> int:
@@ -550,7 +617,7 @@ class SweepController:
             print(f"quit at once; could not delete every Job: {error}", file=sys.stderr)
         return EXIT_INTERRUPTED
 
-    # == bookkeeping ================================================================================
+    # == bookkeeping ============================================================================
     def _retry_backend(self, what: str, call, patience: float):
         return retrying(call, what=what, patience_s=patience, stop=self.hard_stop,
                         transient=_backend_transient, on_retry=self._retrying)

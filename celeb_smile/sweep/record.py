@@ -10,9 +10,9 @@ import time
 
 from mlflow.entities import Param
 
-from celeb_smile.constants import (CODE_VERSION_TAG, PARAMS_TAG, REASON_TAG, RUNG_TAG,
-                                   STOPPED_TAG, SWEEP_ID_TAG, SWEEP_RUN_TAG, TRIAL_INDEX_TAG,
-                                   TrialState)
+from celeb_smile.constants import (CANCEL_TAG, CODE_VERSION_TAG, PARAMS_TAG, REASON_TAG,
+                                   RUNG_TAG, STOPPED_TAG, SWEEP_ID_TAG, SWEEP_RUN_TAG,
+                                   TRIAL_INDEX_TAG, TrialState)
 from celeb_smile.sweep.progress import params_label
 from celeb_smile.sweep.search import combination
 from celeb_smile.sweep.spec import SweepSpec, describe
@@ -61,6 +61,10 @@ class SweepRecord:
                     "log the sweep's settings", lambda: self._log_settings(settings)))
         self.parent_id = parent.info.run_id
         self.seconds_before = parent.data.metrics.get(WALL_TIME_METRIC, 0.0)
+        if parent.info.status != "RUNNING" and CANCEL_TAG in parent.data.tags:
+            # Started again after it ended: an old request to cancel is not this start's.
+            self.tracking.patient("clear the old cancellation", lambda: self.client.delete_tag(
+                self.parent_id, CANCEL_TAG))
         self.tracking.patient("resume the sweep run", lambda: self.client.update_run(
             self.parent_id, status="RUNNING"))
         return self.tracking.take_lease(self.parent_id)
@@ -79,30 +83,38 @@ class SweepRecord:
         self.tracking.patient("record the sweep's time", lambda: self.client.log_metric(
             self.parent_id, WALL_TIME_METRIC, wall_seconds))
 
-    def close(self, status: str, wall_seconds: float) -> None:
+    def release(self, wall_seconds: float) -> None:
         self.record_wall_time(wall_seconds)
         self.tracking.release_lease(self.parent_id)
+
+    def close(self, status: str, wall_seconds: float) -> None:
+        self.release(wall_seconds)
         self.tracking.end_run(self.parent_id, status)
 
     # -- trials as recorded -----------------------------------------------------------------
     def trials(self, runs, adopt) -> list[Trial]:
-        """This sweep's trials as MLflow recorded them: the latest attempt of each index;
-        `adopt(trial, run)` finds the Job or process of a run still in flight."""
-        latest: dict[int, object] = {}
-        for run in runs:
-            index = run.data.tags.get(TRIAL_INDEX_TAG, "")
-            if index.isdigit() and (int(index) not in latest or
-                                    run.info.start_time > latest[int(index)].info.start_time):
-                latest[int(index)] = run
-        return [self._trial_from_run(index, latest[index], adopt) for index in sorted(latest)]
+        """This sweep's trials as a controller picks them up: the latest attempt of each
+        index; `adopt(trial, run)` finds the Job or process of a run still in flight; a run
+        that failed, was interrupted or ran other code is to run again (PENDING)."""
+        return [self._trial_to_continue(self._trial(index, run), run, adopt)
+                for index, run in _latest_attempts(runs)]
 
-    def _trial_from_run(self, index: int, run, adopt) -> Trial:
+    def recorded_trials(self, runs) -> list[Trial]:
+        """This sweep's trials as their latest runs stand, for watching it: nothing adopted,
+        nothing to run again."""
+        return [self._trial_as_recorded(self._trial(index, run), run)
+                for index, run in _latest_attempts(runs)]
+
+    def _trial(self, index: int, run) -> Trial:
         tags = run.data.tags
         trial = Trial(index, self._spec_params(run.data.params), sweep_id=self.sweep_id,
                       run_id=run.info.run_id, metrics=dict(run.data.metrics),
                       sweep_run_id=tags.get(SWEEP_RUN_TAG))
         trial.rung_passed = trial.rung_recorded = int(tags.get(RUNG_TAG, "0") or 0)
-        status = run.info.status
+        return trial
+
+    def _trial_to_continue(self, trial: Trial, run, adopt) -> Trial:
+        status, tags = run.info.status, run.data.tags
         if status == "FINISHED" and tags.get(CODE_VERSION_TAG) == self.code_version:
             trial.state = S.FINISHED
         elif status == "KILLED" and STOPPED_TAG in tags:
@@ -112,6 +124,17 @@ class SweepRecord:
             trial.started = time.monotonic()
         else:  # failed, interrupted, or made by other code: run it again
             trial.state, trial.run_id, trial.metrics = S.PENDING, None, {}
+        return trial
+
+    @staticmethod
+    def _trial_as_recorded(trial: Trial, run) -> Trial:
+        status, tags = run.info.status, run.data.tags
+        if status in ("RUNNING", "SCHEDULED"):
+            trial.state = S.RUNNING if trial.metrics else S.SCHEDULED
+        elif status == "KILLED" and STOPPED_TAG in tags:
+            trial.state, trial.reason = S.STOPPED, tags[STOPPED_TAG]
+        else:
+            trial.state, trial.reason = S(status), tags.get(REASON_TAG, "")
         return trial
 
     def _spec_params(self, logged: dict[str, str]) -> dict[str, str]:
@@ -171,3 +194,14 @@ class SweepRecord:
 
     def snapshots(self, run_ids: list[str]) -> dict[str, RunSnapshot]:
         return self.tracking.snapshots(self.experiment_id, run_ids)
+
+
+def _latest_attempts(runs) -> list[tuple[int, object]]:
+    """(index, its latest run) of every trial, by index."""
+    latest: dict[int, object] = {}
+    for run in runs:
+        index = run.data.tags.get(TRIAL_INDEX_TAG, "")
+        if index.isdigit() and (int(index) not in latest or
+                                run.info.start_time > latest[int(index)].info.start_time):
+            latest[int(index)] = run
+    return sorted(latest.items())

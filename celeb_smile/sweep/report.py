@@ -289,6 +289,8 @@ def note_markdown(result: SweepResult, best, version, plot_files: list[str],
              "", f"**Status**: {status.lower()} · "
                  f"**Trials**: {len(trials)} — {_counts(trials)}", "",
              f"**Space**: {_space(spec)}", ""]
+    if result.ended_because:
+        lines += [f"**Ended early**: {result.ended_because}", ""]
     if result.warm_start_runs:
         lines += [f"The search was seeded with {result.warm_start_runs} earlier runs.", ""]
     if best is None:

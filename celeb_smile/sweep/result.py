@@ -19,3 +19,4 @@ class SweepResult:
     promote: bool = False  # --promote: the best model may move the champion alias
     registered_model: str = REGISTERED_MODEL
     warm_start_runs: int = 0  # earlier runs that seeded an adaptive search
+    ended_because: str = ""  # why it ended before running every trial (goal, budget, cancel)

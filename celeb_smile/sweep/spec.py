@@ -470,6 +470,17 @@ def resolved(trial: dict[str, str]) -> dict[str, str]:
     return config_from_params(trial, check_paths=False).as_params()
 
 
+def spec_from_data(data: dict) -> SweepSpec:
+    """describe()'s output (or dataclasses.asdict's) as the SweepSpec it came from: the same
+    definition, hence the same sweep id (a detached controller is handed its sweep this way)."""
+    data = {name: value for name, value in data.items()
+            if name in {f.name for f in dataclasses.fields(SweepSpec)}}
+    stopping = data.pop("early_stopping")
+    return SweepSpec(**{**data, "objective": Objective(**data.pop("objective")),
+                        "budget": Budget(**data.pop("budget")),
+                        "early_stopping": EarlyStopping(**stopping) if stopping else None})
+
+
 def describe(spec: SweepSpec) -> dict:
     """The spec as plain data (logged as the parent run's artifact)."""
     data = dataclasses.asdict(spec)

@@ -52,6 +52,9 @@ class Tracking:
         self.on_retry = on_retry
         self._calls: collections.Counter = collections.Counter()  # requests, per thread
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # Whether another host holding a lease is still there (e.g. a controller's earlier
+        # pod); None: only its lease's expiry tells.
+        self.host_alive = None
 
     @property
     def calls(self) -> int:
@@ -112,6 +115,8 @@ class Tracking:
         pid = pid.partition(":")[0]
         if host == socket.gethostname() and pid.isdigit() and not alive(int(pid)):
             return None  # its driver died on this machine: no need to wait for the expiry
+        if host != socket.gethostname() and self.host_alive and not self.host_alive(host):
+            return None  # e.g. a controller pod that is gone
         return holder
 
     def take_lease(self, run_id: str, meanwhile=None) -> str | None:

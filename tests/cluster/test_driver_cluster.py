@@ -4,80 +4,20 @@ without leftovers; and the faults a long sweep meets: a Job deleted behind its b
 SIGKILLed and started again, a submission the API server refuses, an early-stopped trial."""
 
 import json
-import re
 import signal
-import subprocess
 import time
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from celeb_smile.constants import (REASON_TAG, STOPPED_TAG, SWEEP_LABEL, TRIAL_INDEX_TAG)
-from tests.conftest import BIN_DIR, PROJECT_DIR
-from tests.helpers.sweeps import interrupt_when_training, sweep_runs
+from celeb_smile.constants import REASON_TAG, STOPPED_TAG, TRIAL_INDEX_TAG
+from tests.conftest import PROJECT_DIR
+from tests.helpers.cluster_driver import (JOB_PATTERN, TINY, run_driver, runs_on, start_driver,
+                                          sweep_jobs, training_runs, wait_for)
+from tests.helpers.sweeps import interrupt_when_training
 
 pytestmark = pytest.mark.cluster
-TINY = ["--param", "epochs=2", "--param", "training_samples=64",
-        "--param", "validation_samples=32", "--param", "batch_size=16"]
-JOB_PATTERN = re.compile(r"submitted \(job (\S+)\)")
-
-
-def driver_command(stack, *args, backend_config=None):
-    return [str(BIN_DIR / "python"), str(PROJECT_DIR / "driver.py"), "--backend", "kubernetes",
-            "--backend-config", str(backend_config or stack.backend_config),
-            "--poll-seconds", "2", *args]
-
-
-def driver_env(stack):
-    return dict(stack.env, MLFLOW_TRACKING_URI=stack.tracking_uri,
-                KUBE_MLFLOW_TRACKING_URI=stack.in_cluster_tracking_uri)
-
-
-def run_driver(stack, jobs, *args, timeout=900, **options):
-    result = subprocess.run(driver_command(stack, *args, **options), cwd=PROJECT_DIR,
-                            env=driver_env(stack), capture_output=True, text=True,
-                            timeout=timeout)
-    jobs.names.extend(JOB_PATTERN.findall(result.stdout))
-    return result
-
-
-def start_driver(stack, *args) -> subprocess.Popen:
-    return subprocess.Popen(driver_command(stack, *args), cwd=PROJECT_DIR,
-                            env=driver_env(stack), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def runs_on(stack, experiment):
-    client = MlflowClient(stack.tracking_uri)
-    return (client, *sweep_runs(client, experiment))
-
-
-def sweep_jobs(stack, sweep_id: str) -> list[str]:
-    names = stack.kubectl("get", "jobs", "-l", f"{SWEEP_LABEL}={sweep_id}", "-o", "name").stdout
-    return names.split()
-
-
-def wait_for(condition, what: str, timeout: float = 300):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(2)
-    pytest.fail(f"{what}: not within {timeout}s")
-
-
-def training_runs(client, experiment, count: int):
-    """Once `count` trials of `experiment` have logged an epoch: their runs."""
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        return None
-    runs = [r for r in client.search_runs([found.experiment_id])
-            if "mlflow.parentRunId" in r.data.tags and "loss" in r.data.metrics]
-    return runs if len(runs) >= count else None
-
-
 def test_four_combinations_two_at_a_time_then_rerun_is_a_no_op(cluster_stack, training_jobs):
     experiment = f"cluster-sweep-{int(time.time())}"
     args = ["--experiment", experiment, "--max-parallel", "2", "--grid", "convolutions=0,1",

@@ -1,5 +1,6 @@
-"""What a platform team checks before letting the stack into a shared cluster: every pod meets
-Pod Security "restricted", the NetworkPolicies select the pods they are meant for, no generated
+"""What a platform team checks before letting the stack into a shared cluster: every pod (the
+server's, the database's, the trials' and a detached sweep's controller) meets Pod Security
+"restricted", the NetworkPolicies select the pods they are meant for, no generated
 secret is in git, anonymous requests get nothing, and the trainer identity may log to its
 experiments and do nothing else."""
 
@@ -11,6 +12,7 @@ import pytest
 import yaml
 
 from celeb_smile import deploy
+from celeb_smile.sweep import detach
 from celeb_smile.sweep.access import grant_trainer
 from tests.cluster.conftest import LABEL_KEY, kube_environment
 from tests.conftest import PROJECT_DIR
@@ -36,13 +38,17 @@ def rendered(tmp_path_factory) -> list[dict]:
         missing("kubectl is not installed: cannot render the manifests")
     assert result.returncode == 0, result.stderr
     manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    return manifests + [yaml.safe_load(overlay.job_template.read_text())]
+    controller = detach.controller_job("security-check", "0123456789ab",
+                                       "registry.example:5000/celeb-smile-controller:0.1.0",
+                                       "1", "someone")
+    return manifests + [yaml.safe_load(overlay.job_template.read_text()), controller]
 
 
 def test_every_pod_meets_the_restricted_profile(rendered):
     specs = pod_specs(rendered)
     assert set(specs) == {"Deployment/postgres", "Deployment/mlflow",
-                          "Job/{replaced with MLflow Project name}"}
+                          "Job/{replaced with MLflow Project name}",
+                          "Job/celeb-smile-0123456789ab-controller"}
     assert {name: restricted_violations(spec) for name, spec in specs.items()} == \
         dict.fromkeys(specs, [])
 
@@ -71,8 +77,21 @@ def test_the_check_catches_each_violation(rendered, change, expected):
 
 
 def _selects(selector: dict, labels: dict) -> bool:
-    assert set(selector) <= {"matchLabels"}, "only matchLabels selectors are checked here"
-    return all(labels.get(key) == value for key, value in selector.get("matchLabels", {}).items())
+    """A label selector (matchLabels, and matchExpressions with In, NotIn, Exists)."""
+    assert set(selector) <= {"matchLabels", "matchExpressions"}
+    matched = all(labels.get(key) == value
+                  for key, value in selector.get("matchLabels", {}).items())
+    for expression in selector.get("matchExpressions", []):
+        key, operator = expression["key"], expression["operator"]
+        assert operator in ("In", "NotIn", "Exists"), operator
+        present = key in labels
+        if operator == "Exists":
+            matched &= present
+        elif operator == "In":
+            matched &= present and labels[key] in expression["values"]
+        else:
+            matched &= labels.get(key) not in expression["values"]
+    return matched
 
 
 def _pods_by_component(rendered) -> dict[str, dict]:
@@ -86,7 +105,7 @@ def _pods_by_component(rendered) -> dict[str, dict]:
 
 def test_network_policies_select_the_pods_they_are_meant_for(rendered):
     pods = _pods_by_component(rendered)
-    assert set(pods) == {"postgres", "mlflow", "training"}
+    assert set(pods) == {"postgres", "mlflow", "training", "controller"}
     policies = {m["metadata"]["name"]: m["spec"] for m in rendered if m["kind"] == "NetworkPolicy"}
 
     def selected(selector):
@@ -106,7 +125,8 @@ def test_network_policies_select_the_pods_they_are_meant_for(rendered):
     assert allowed_from(postgres) == ({"mlflow"}, [{"protocol": "TCP", "port": 5432}])
     mlflow = policies["mlflow-from-training"]
     assert selected(mlflow["podSelector"]) == {"mlflow"}
-    assert allowed_from(mlflow) == ({"training"}, [{"protocol": "TCP", "port": 5000}])
+    assert allowed_from(mlflow) == ({"training", "controller"},
+                                    [{"protocol": "TCP", "port": 5000}])
     assert set(policies) == {"default-deny-ingress", "postgres-from-mlflow", "mlflow-from-training"}
 
 

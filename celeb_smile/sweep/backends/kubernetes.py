@@ -15,12 +15,14 @@ from pathlib import Path
 
 import yaml
 
-from celeb_smile.constants import EXIT_TERMINATED, JOB_TAG, RUN_LABEL, SWEEP_LABEL, TrialState
+from celeb_smile.constants import (COMPONENT_LABEL, EXIT_TERMINATED, JOB_TAG, RUN_LABEL,
+                                   SWEEP_LABEL, TrialState)
 from celeb_smile.sweep.backends import (LaunchError, Observation, PreparationError,
                                         entry_point_argv, run_docker)
 from celeb_smile.sweep.spec import PROJECT_DIR, project
 
 REQUEST_TIMEOUT = (5, 15)  # connect, read (seconds) on every Kubernetes API call
+TRIAL_COMPONENT = "training"  # job_template.yaml's component label
 DATA_VOLUMES = ("tfds-data",)  # mounted only by trials that read CelebA
 # Waiting reasons that do not resolve by themselves. ErrImagePull is not among them: a pull
 # can fail once and then succeed; Kubernetes moves to ImagePullBackOff when it keeps failing.
@@ -47,33 +49,26 @@ class KubernetesBackend:
     poll_seconds = 3.0  # a poll is two list calls to the API server and one or two queries
 
     def __init__(self, backend_config: Path, cluster_tracking_uri: str, sweep_id: str,
-                 build: bool = True):
+                 build: bool = True, image_ref: str | None = None):
         self.config = read_backend_config(backend_config)
-        self.template = yaml.safe_load(Path(self.config["kube-job-template-path"]).read_text())
+        self.template_text = Path(self.config["kube-job-template-path"]).read_text()
+        self.template = yaml.safe_load(self.template_text)
         self.namespace = self.template["metadata"].get("namespace", "default")
         self.cluster_tracking_uri = cluster_tracking_uri
         self.sweep_id = sweep_id
         self.build = build
         self.image = project_image(self.config["repository-uri"])
-        self.image_ref = None  # image@digest, once prepared
-        self._batch = None
+        self.image_ref = image_ref  # image@digest, once prepared (given: a detached controller)
+        self.core = self.batch = None
         self.watch: JobWatch | None = None  # once prepared
 
     # -- set-up ------------------------------------------------------------------------------
     def prepare(self, console) -> None:
-        core, self._batch = kubernetes_clients(self.config.get("kube-context"))
-        self.watch = JobWatch(core, self._batch, self.namespace, self.sweep_id)
-        if self.build:
-            with console.status(f"building and pushing {self.image} (once for the sweep)"):
-                run_docker("build", "-t", self.image, str(PROJECT_DIR))
-                digest = DIGEST_PATTERN.findall(run_docker("push", self.image))
-            if not digest:
-                raise PreparationError(f"docker push {self.image} printed no digest")
-            self.image_ref = f"{self.image}@{digest[-1]}"
-            console.print(f"[green]image[/] {self.image_ref} built and pushed")
-        else:
-            self.image_ref = f"{self.image}@{registry_digest(self.image)}"
-            console.print(f"image {self.image_ref} (from the registry, not rebuilt)")
+        self.core, self.batch = kubernetes_clients(self.config.get("kube-context"))
+        self.watch = JobWatch(self.core, self.batch, self.namespace, self.sweep_id)
+        if self.image_ref is None:
+            self.image_ref = pushed_image(console, self.image, PROJECT_DIR / "Dockerfile",
+                                          build=self.build)
 
     def run_tags(self, trial) -> dict[str, str]:
         return {JOB_TAG: f"{self.namespace}/{job_name(self.sweep_id, trial)}",
@@ -91,7 +86,7 @@ class KubernetesBackend:
 
         job = self.job_manifest(trial, experiment_id)
         try:
-            self._batch.create_namespaced_job(self.namespace, job,
+            self.batch.create_namespaced_job(self.namespace, job,
                                               _request_timeout=REQUEST_TIMEOUT)
         except ApiException as error:
             if error.status == 409:
@@ -106,7 +101,8 @@ class KubernetesBackend:
     def job_manifest(self, trial, experiment_id: str) -> dict:
         job = copy.deepcopy(self.template)
         name = job_name(self.sweep_id, trial)
-        labels = {SWEEP_LABEL: self.sweep_id, RUN_LABEL: trial.run_id}
+        labels = {SWEEP_LABEL: self.sweep_id, RUN_LABEL: trial.run_id,
+                  COMPONENT_LABEL: TRIAL_COMPONENT}
         job["metadata"]["name"] = name
         job["metadata"].setdefault("labels", {}).update(labels)
         pod = job["spec"]["template"]
@@ -231,10 +227,11 @@ class JobWatch:
             grace_period_seconds=0, _request_timeout=REQUEST_TIMEOUT)
 
     def cancel_all(self) -> None:
-        """Every Job and pod of this sweep, in two calls (the second Ctrl-C's fast path)."""
+        """Every trial Job and pod of this sweep, in two calls (the second Ctrl-C's fast path;
+        a detached sweep's controller Job, labelled with the sweep too, is not a trial's)."""
         from kubernetes.client import V1DeleteOptions
 
-        selector = f"{SWEEP_LABEL}={self.sweep_id}"
+        selector = f"{SWEEP_LABEL}={self.sweep_id},{COMPONENT_LABEL}={TRIAL_COMPONENT}"
         self._batch.delete_collection_namespaced_job(
             self.namespace, label_selector=selector, _request_timeout=REQUEST_TIMEOUT,
             body=V1DeleteOptions(propagation_policy="Background", grace_period_seconds=0))
@@ -316,6 +313,22 @@ def project_image(repository_uri: str) -> str:
     image = project().docker_env["image"]
     tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else "latest"
     return f"{repository_uri}:{tag}"
+
+
+def pushed_image(console, image: str, dockerfile: Path, build: bool) -> str:
+    """`image@digest` as the registry holds it: built from `dockerfile` and pushed (once for
+    the sweep), or, without `build`, as already pushed (e.g. by `make images`)."""
+    if not build:
+        ref = f"{image}@{registry_digest(image)}"
+        console.print(f"image {ref} (from the registry, not rebuilt)")
+        return ref
+    with console.status(f"building and pushing {image} (once for the sweep)"):
+        run_docker("build", "-t", image, "-f", str(dockerfile), str(PROJECT_DIR))
+        digest = DIGEST_PATTERN.findall(run_docker("push", image))
+    if not digest:
+        raise PreparationError(f"docker push {image} printed no digest")
+    console.print(f"[green]image[/] {image}@{digest[-1]} built and pushed")
+    return f"{image}@{digest[-1]}"
 
 
 def registry_digest(image: str) -> str:
