@@ -75,7 +75,7 @@ def tracking_transient(error: BaseException) -> bool:
     if isinstance(error, RestException):
         code = error.get_http_status_code()
         return code >= 500 or code == 429
-    if isinstance(error, MlflowException):
+    if isinstance(error, MlflowException) or refusal_status(error) is not None:
         return refusal_status(error) is None
     return isinstance(error, (OSError, ConnectionError, TimeoutError)) or \
         type(error).__module__.startswith(("requests", "urllib3"))
@@ -89,8 +89,8 @@ def refusal_status(error: BaseException) -> int | None:
     elif isinstance(error, MlflowException):
         found = PLAIN_ERROR_STATUS.search(error.message)
         code = int(found[1]) if found else None
-    else:
-        return None
+    else:  # an artifact upload's requests.HTTPError
+        code = getattr(getattr(error, "response", None), "status_code", None)
     return code if code in REFUSED_STATUSES else None
 
 
@@ -105,7 +105,7 @@ def patiently(what: str, call, patience_s: float = OUTAGE_PATIENCE_S):
     try:
         return retrying(call, what=what, patience_s=patience_s, stop=threading.Event(),
                         transient=tracking_transient, on_retry=say)
-    except MlflowException as error:
+    except Exception as error:
         status = refusal_status(error)
         if status is None:
             raise

@@ -11,6 +11,14 @@ from celeb_smile.retry import Unavailable, patiently, retrying, tracking_transie
 from tests.helpers.flaky_front import flaky_front
 
 
+def _http_error(status: int):
+    import requests
+
+    response = requests.Response()
+    response.status_code = status
+    return requests.HTTPError(f"{status} error", response=response)
+
+
 @pytest.mark.parametrize("error, worth_retrying", [
     (RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}), False),
     (RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "bad"}), False),
@@ -21,6 +29,8 @@ from tests.helpers.flaky_front import flaky_front
                      "403 != 200. Response body: 'Permission denied'"), False),
     (MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code "
                      "401 != 200. Response body: 'You are not authenticated.'"), False),
+    (_http_error(403), False),  # an artifact upload the server refused
+    (_http_error(502), True),
     (ConnectionResetError(104, "Connection reset by peer"), True),
     (ValueError("run already records epochs=3, not 5"), False),
 ])

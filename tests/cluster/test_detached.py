@@ -89,7 +89,7 @@ def test_a_detached_sweep_runs_to_its_end_with_nobody_attached(cluster_stack, de
 def test_a_deleted_controller_pod_is_replaced_and_every_trial_runs_once(cluster_stack,
                                                                        detached):
     experiment = f"detached-takeover-{int(time.time())}"
-    epochs = 8
+    epochs = 60  # long enough to be in flight when the next controller starts
     sweep_id = detached(experiment, "--grid", "seed=1,2,3", "--max-parallel", "2",
                         "--param", f"epochs={epochs}", "--param", "training_samples=256",
                         "--param", "validation_samples=32")
@@ -106,8 +106,8 @@ def test_a_deleted_controller_pod_is_replaced_and_every_trial_runs_once(cluster_
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "loss")]
         assert sorted(steps) == list(range(epochs))  # every epoch, once
     assert len(sweep_jobs(cluster_stack, sweep_id)) == 3  # none submitted twice
-    logs = steer(cluster_stack, "--logs", sweep_id).stdout
-    assert "handed over" in logs and "2 adopted in flight" in logs
+    logs = steer(cluster_stack, "--logs", sweep_id).stdout  # the next pod's: the first is gone
+    assert re.search(r"[12] adopted in flight", logs), logs[-3000:]
 
 
 def test_cancel_kills_the_trials_leaves_no_pod_and_says_who(cluster_stack, detached):
