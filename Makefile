@@ -10,7 +10,7 @@ CONTROLLER_IMAGE := $(REGISTRY)/celeb-smile-controller:0.1.0
 # MLproject's docker_env image: `mlflow run --build-image` layers the project on it locally.
 PROJECT_IMAGE := localhost:5001/celeb-smile-train:0.1.0
 # The server's tag is k8s/kustomization.yaml's (bumped whenever the image changes).
-SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r3
+SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r4
 NAMESPACE ?= celeb-smile
 KUBECTL ?= kubectl
 PYTEST_ARGS ?=

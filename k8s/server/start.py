@@ -4,6 +4,8 @@ pod's environment (k8s/mlflow-deployment.yaml fills it from the Secrets `make de
 Before `mlflow server` starts it
   - writes the auth app's ini (mode 600, on the pod's /tmp): users and grants live in their own
     PostgreSQL database, so they survive restarts; anonymous users get no permission at all;
+    requests are authenticated by trial_rules.py (beside this file, put on PYTHONPATH), which
+    authenticates as MLflow's basic auth does and keeps trial identities to a trial's job;
   - makes the `admin` and `trainer` users' passwords those of the Secrets (creating the users on
     first start), so the Secrets stay the one source of truth and rotating one is a redeploy;
   - derives from the pod's namespace the Host headers the server answers (--allowed-hosts).
@@ -17,6 +19,9 @@ from pathlib import Path
 
 AUTH_CONFIG_PATH = Path("/tmp/mlflow-auth/basic_auth.ini")
 AUTH_CACHE_TTL_S = 60
+# MLflow's extension point for authentication: the module beside this file (trial_rules.py).
+AUTHORIZATION_FUNCTION = "trial_rules:authenticate_request"
+SERVER_MODULES_DIRECTORY = Path(__file__).resolve().parent
 
 
 def database_uri(database: str) -> str:
@@ -39,7 +44,7 @@ def write_auth_config(path: Path, auth_database_uri: str, admin_username: str) -
         "default_permission = NO_PERMISSIONS\n"
         f"database_uri = {auth_database_uri}\n"
         f"admin_username = {admin_username}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        f"authorization_function = {AUTHORIZATION_FUNCTION}\n"
         "grant_default_workspace_access = false\n"
         # A verified password is remembered (per process, keyed by an HMAC) for a minute
         # instead of re-running scrypt on every request: ~0.1 s of CPU each, which made every
@@ -50,6 +55,11 @@ def write_auth_config(path: Path, auth_database_uri: str, admin_username: str) -
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(descriptor, "w") as handle:
         handle.write(text)
+
+
+def with_server_modules(pythonpath: str | None) -> str:
+    """PYTHONPATH with this directory first, so that MLflow's server imports trial_rules."""
+    return os.pathsep.join([str(SERVER_MODULES_DIRECTORY), *filter(None, [pythonpath])])
 
 
 def sync_users(auth_database_uri: str, users: list[tuple[str, str, bool]]) -> None:
@@ -75,6 +85,7 @@ def main(args: list[str]) -> None:
     admin = env["MLFLOW_AUTH_ADMIN_USERNAME"]
     write_auth_config(AUTH_CONFIG_PATH, auth_uri, admin)
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(AUTH_CONFIG_PATH)
+    env["PYTHONPATH"] = with_server_modules(env.get("PYTHONPATH"))
     sync_users(auth_uri, [(admin, env["MLFLOW_AUTH_ADMIN_PASSWORD"], True),
                           (env["MLFLOW_TRAINER_USERNAME"], env.pop("MLFLOW_TRAINER_PASSWORD"), False)])
     command = ["mlflow", "server", "--app-name", "basic-auth",
