@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Training image: size, cold build time (docker build --no-cache) and cached rebuild time after a
-# code change. Prints `name: value` lines. Builds from a temporary copy of the build context (the
+# code change; the controller image of detached sweeps (k8s/controller/Dockerfile): its size, and
+# the size it would have with the whole `driver` extra instead of the `controller` one. Prints `name: value` lines. Builds from a temporary copy of the build context (the
 # files .dockerignore lets through), so the "code change" (a comment appended to a copy of
 # celeb_smile/__init__.py: Docker's cache keys on content, not mtime) never touches the tree.
 #
@@ -23,7 +24,8 @@ fi
 
 context="$(mktemp -d /tmp/image-bench.XXXXXX)"
 trap 'rm -rf "$context"' EXIT
-cp -r Dockerfile .dockerignore MLproject train.py pyproject.toml celeb_smile "$context/"
+cp -r Dockerfile .dockerignore MLproject train.py driver.py pyproject.toml celeb_smile "$context/"
+mkdir -p "$context/k8s/controller" && cp k8s/controller/Dockerfile "$context/k8s/controller/"
 find "$context/celeb_smile" -name __pycache__ -prune -exec rm -rf {} +
 
 seconds() { date +%s.%N; }
@@ -49,3 +51,25 @@ docker run --rm --entrypoint sh "$TAG" -c \
      du -sm tensorflow/libtensorflow_cc.so.2 tensorflow/include clang pyarrow scipy pandas 2>/dev/null' |
     awk '{ gsub("/", "_", $2); gsub("[.]", "_", $2); print "site_packages_" $2 "_mb: " $1 }'
 docker image rm "$TAG" >/dev/null 2>&1 || true
+
+# The controller image, as shipped (the `controller` extra) and with the `driver` extra.
+megabytes() { awk -v b="$(docker image inspect -f '{{.Size}}' "$1")" 'BEGIN { printf "%.0f", b / 1e6 }'; }
+docker build -q -t celeb-smile-controller:benchmark -f "$context/k8s/controller/Dockerfile" \
+    "$context" >/dev/null
+echo "controller_image_size_mb: $(megabytes celeb-smile-controller:benchmark)"
+sed 's/pyproject.toml controller >/pyproject.toml driver >/' "$context/k8s/controller/Dockerfile" \
+    > "$context/k8s/controller/Dockerfile.driver"
+python3 - "$context/pyproject.toml" <<'PY'
+import re, sys
+path = sys.argv[1]
+text = open(path).read()
+# pins.py lists an extra as written: the driver extra's self-reference, expanded for pip -r.
+controller = re.search(r"controller = \[(.*?)\]", text, re.S)[1]
+text = text.replace('"celeb-smile[controller]",', controller.strip().rstrip(","), 1)
+open(path, "w").write(text)
+PY
+docker build -q -t celeb-smile-controller:driver-extra \
+    -f "$context/k8s/controller/Dockerfile.driver" "$context" >/dev/null
+echo "controller_image_with_driver_extra_mb: $(megabytes celeb-smile-controller:driver-extra)"
+docker image rm celeb-smile-controller:benchmark celeb-smile-controller:driver-extra \
+    >/dev/null 2>&1 || true
