@@ -29,6 +29,8 @@ WARM_START_TAG = "celeb_smile.warm_start"  # number of earlier runs that seeded 
 TRIAL_USER_TAG = "celeb_smile.trial_user"  # the one `trial-...` MLflow user that may write a run
 RUNG_TAG = "celeb_smile.rung_passed"  # the highest ASHA rung (epoch) a trial was let through
 CANCEL_TAG = "celeb_smile.cancelled_by"  # on the parent: who asked (driver.py --cancel) and when
+DISRUPTIONS_TAG = "celeb_smile.disruptions"  # a trial's lost pods or processes, one reason a line
+ATTEMPT_TAG = "celeb_smile.attempt"  # Jobs or processes launched for a trial's run so far
 
 # -- tracking-server identities -----------------------------------------------------------
 # MLflow users named TRIAL_USER_PREFIX + ... (one per trial) may only do a training run's job,

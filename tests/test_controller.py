@@ -13,7 +13,8 @@ import pytest
 from mlflow import MlflowClient
 from rich.console import Console
 
-from celeb_smile.constants import (CANCEL_TAG, CODE_VERSION_TAG, EXIT_BAD_INPUT,
+from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, CODE_VERSION_TAG, DISRUPTIONS_TAG,
+                                   EXIT_BAD_INPUT,
                                    EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
                                    EXIT_TRIAL_FAILED, LEASE_TAG, PARAMS_TAG,
                                    REASON_TAG, RUNG_TAG, STOPPED_TAG, SWEEP_ID_TAG,
@@ -24,7 +25,7 @@ from celeb_smile.sweep.controller import SweepController
 from celeb_smile.sweep.spec import EarlyStopping, SweepSpec
 from celeb_smile.sweep.tracking import RunSnapshot
 from celeb_smile.sweep.trial import Trial
-from tests.helpers.fake_backend import ADOPT_TAG, UNSCHEDULABLE, FakeBackend
+from tests.helpers.fake_backend import ADOPT_TAG, EVICTED, UNSCHEDULABLE, FakeBackend
 
 
 @pytest.fixture(scope="module")
@@ -515,3 +516,41 @@ def test_sigterm_in_a_pod_hands_the_sweep_over_and_the_next_controller_adopts_it
     assert successor.run() == EXIT_OK  # no wait: the lease was released
     assert len(second.launched) == 1  # the third trial only; the first two adopted
     assert sorted(r.info.status for r in trial_runs(store)) == ["FINISHED"] * 3
+
+
+def test_a_disrupted_trial_goes_on_in_a_new_job_for_the_same_run(store):
+    def evict_the_first_once(backend):
+        if backend.polls == 2:
+            backend.launched[0].evicted = True
+
+    backend = FakeBackend(on_poll=evict_the_first_once)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]})
+    assert sweep.run() == EXIT_OK
+    first = sweep.trials[0]
+    assert [h.run_id for h in backend.launched].count(first.run_id) == 2  # a second Job
+    assert backend.launched[0].cancelled  # the lost one cleaned up
+    run = store.get_run(first.run_id)
+    assert run.info.status == "FINISHED"
+    assert (run.data.tags[DISRUPTIONS_TAG], run.data.tags[ATTEMPT_TAG]) == (EVICTED, "2")
+    assert [m.step for m in store.get_metric_history(first.run_id, "val_accuracy")] == \
+        [0, 1, 2]  # every epoch once, across both Jobs
+
+
+def test_a_trial_disrupted_more_often_than_allowed_fails_with_every_reason(store):
+    def evict_the_first(backend):
+        if backend.launched[-1].run_id == backend.launched[0].run_id:
+            backend.launched[-1].evicted = True
+
+    backend = FakeBackend(on_poll=evict_the_first)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01"]}, max_disruptions=1)
+    assert sweep.run() == EXIT_TRIAL_FAILED
+    (trial,) = sweep.trials
+    assert trial.reason == f"disrupted 2 times (--max-disruptions 1): {EVICTED}; {EVICTED}"
+    assert len(backend.launched) == 2 and all(h.cancelled for h in backend.launched)
+    assert store.get_run(trial.run_id).info.status == "FAILED"
+
+
+def test_a_job_waiting_in_its_queue_is_not_pending(store):
+    sweep = make_sweep(FakeBackend(), {"convolutions": ["7"]}, pending_timeout=0)
+    assert sweep.run() == EXIT_OK  # queued for 3 polls, never counted as pending
+    assert [t.state for t in sweep.trials] == [TrialState.FINISHED]

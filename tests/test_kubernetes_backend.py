@@ -103,13 +103,14 @@ def test_a_succeeded_pod_ends_its_trial_before_the_job_is_marked_complete():
 
 def pod_terminated(reason, exit_code):
     from kubernetes.client import (V1ContainerState, V1ContainerStateTerminated,
-                                   V1ContainerStatus, V1Pod, V1PodStatus)
+                                   V1ContainerStatus, V1ObjectMeta, V1Pod, V1PodStatus)
 
     state = V1ContainerState(terminated=V1ContainerStateTerminated(exit_code=exit_code,
                                                                    reason=reason))
     status = V1ContainerStatus(name="t", image="i", image_id="", ready=False,
                                restart_count=0, state=state)
-    return V1Pod(status=V1PodStatus(phase="Failed", container_statuses=[status]))
+    return V1Pod(metadata=V1ObjectMeta(name="job-1-x"),
+                 status=V1PodStatus(phase="Failed", container_statuses=[status]))
 
 
 def test_a_killed_container_is_named_out_of_memory_also_when_the_runtime_says_error():
@@ -153,3 +154,72 @@ def test_a_poll_lists_only_the_jobs_and_pods_of_the_trials_in_flight():
 def test_a_container_stopped_by_sigterm_says_so():
     assert _pod_failure([pod_terminated("Error", 143)]) == \
         "Error, exit code 143 (SIGTERM: the pod was deleted, evicted or preempted)"
+
+
+def failed_job():
+    from kubernetes.client import (V1Job, V1JobCondition, V1JobSpec, V1JobStatus, V1ObjectMeta,
+                                   V1PodTemplateSpec)
+
+    return V1Job(metadata=V1ObjectMeta(name="job-1"), spec=V1JobSpec(template=V1PodTemplateSpec()),
+                 status=V1JobStatus(conditions=[V1JobCondition(
+                     type="Failed", status="True", reason="BackoffLimitExceeded")]))
+
+
+def evicted_pod():
+    from kubernetes.client import V1ObjectMeta, V1Pod, V1PodStatus
+
+    return V1Pod(metadata=V1ObjectMeta(name="job-1-x"), status=V1PodStatus(
+        phase="Failed", reason="Evicted", message="The node was low on resource: memory."))
+
+
+def watch_and_handle():
+    return (JobWatch(core=None, batch=None, namespace="ns", sweep_id="abc123"),
+            KubernetesTrial("r" * 32, "ns", "job-1"))
+
+
+def test_an_evicted_pod_is_a_disruption_that_a_new_job_resumes_not_a_failure():
+    watch, handle = watch_and_handle()
+    seen = watch._observe(handle, failed_job(), [evicted_pod()])
+    assert (seen.state, seen.relaunch) == (TrialState.SCHEDULED, True)
+    assert seen.disrupted == "Evicted: The node was low on resource: memory."
+    sigterm = watch._observe(handle, failed_job(), [pod_terminated("Error", 143)])
+    assert sigterm.relaunch and "SIGTERM" in sigterm.disrupted
+
+
+def test_its_own_failure_still_fails_the_trial():
+    watch, handle = watch_and_handle()
+    for pod, reason in ((pod_terminated("OOMKilled", 137), "OOMKilled, exit code 137"),
+                        (pod_terminated("Error", 1), "Error, exit code 1")):
+        seen = watch._observe(handle, failed_job(), [pod])
+        assert (seen.state, seen.reason, seen.disrupted) == (TrialState.FAILED, reason, "")
+
+
+def test_a_deleted_pod_is_counted_once_whether_its_job_replaces_it_or_fails():
+    from kubernetes.client import V1Job, V1JobSpec, V1JobStatus, V1ObjectMeta, V1PodTemplateSpec
+
+    watch, handle = watch_and_handle()
+    handle.pods_seen = {"job-1-x"}
+    active = V1Job(metadata=V1ObjectMeta(name="job-1"), spec=V1JobSpec(template=V1PodTemplateSpec()),
+                   status=V1JobStatus(active=1))
+    vanished = watch._observe(handle, active, [])
+    assert (vanished.disrupted, vanished.relaunch) == ("pod job-1-x deleted or evicted", False)
+    then_failed = watch._observe(handle, failed_job(), [])  # Kubernetes 1.26+: deleted = failed
+    assert (then_failed.disrupted, then_failed.relaunch) == ("", True)
+    fresh = KubernetesTrial("r" * 32, "ns", "job-1")
+    assert watch._observe(fresh, failed_job(), []).disrupted == "pod deleted or evicted"
+
+
+def test_a_suspended_job_waits_in_its_queue():
+    from kubernetes.client import V1Job, V1JobSpec, V1JobStatus, V1ObjectMeta, V1PodTemplateSpec
+
+    watch, handle = watch_and_handle()
+    suspended = V1Job(metadata=V1ObjectMeta(name="job-1"),
+                      spec=V1JobSpec(template=V1PodTemplateSpec(), suspend=True), status=V1JobStatus())
+    seen = watch._observe(handle, suspended, [])
+    assert (seen.state, seen.queued) == (TrialState.SCHEDULED, True)
+
+
+def test_a_relaunched_trials_job_has_a_name_of_its_own():
+    first = Trial(3, {}, sweep_id="abc123", run_id="f" * 32)
+    again = Trial(3, {}, sweep_id="abc123", run_id="f" * 32, attempt=2)
+    assert job_name("abc123", again) == job_name("abc123", first) + "-a2"

@@ -67,6 +67,10 @@ def build_parser():
     add("--outage-timeout", type=float, default=OUTAGE_PATIENCE_S, metavar="SECONDS",
         help="how long the tracking server or the cluster may be unreachable before the "
              "sweep gives up (default %(default)s)")
+    add("--max-disruptions", type=int, default=3, metavar="N",
+        help="a trial whose pod or process is lost to something else than its own failure "
+             "(evicted, preempted, its node lost, deleted) goes on from its last checkpoint, "
+             "up to N times; then it fails (default %(default)s)")
     add("--promote", action="store_true",
         help="register the best trial's model and move celeb-smile@champion to it, if the "
              "sweep ends FINISHED and its best trial beats the current champion on the same "
@@ -253,7 +257,7 @@ def _controller(args, spec, backend, console, tracking_uri, **settings):
                            poll_seconds=args.poll_seconds, promote=args.promote,
                            warm_start=args.warm_start, pending_timeout=args.pending_timeout,
                            outage_seconds=args.outage_timeout, stats_path=args.stats_file,
-                           **settings)
+                           max_disruptions=args.max_disruptions, **settings)
 
 
 def _handled(command) -> int:
@@ -392,7 +396,7 @@ def _detach(args, spec, backend, cluster: _Cluster, tracking_uri: str, console) 
         code_version=record.code_version, started_by=started_by, rerun=args.rerun,
         promote=args.promote, warm_start=args.warm_start,
         pending_timeout=args.pending_timeout, outage_timeout=args.outage_timeout,
-        poll_seconds=args.poll_seconds)
+        poll_seconds=args.poll_seconds, max_disruptions=args.max_disruptions)
     files = detach.handover_files(spec, options, backend.template_text, backend.config)
     job = detach.controller_job(cluster.namespace, sweep_id, controller_image,
                                 record.experiment_id, started_by)
@@ -432,7 +436,7 @@ def _run_detached(args, console) -> int:
     args.rerun, args.promote, args.warm_start = options.rerun, options.promote, \
         options.warm_start
     args.pending_timeout, args.outage_timeout = options.pending_timeout, options.outage_timeout
-    args.poll_seconds = options.poll_seconds
+    args.poll_seconds, args.max_disruptions = options.poll_seconds, options.max_disruptions
     os.environ["MLFLOW_TRACKING_URI"] = options.tracking_uri
     from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
 

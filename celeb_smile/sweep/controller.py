@@ -17,9 +17,10 @@ import threading
 import time
 from concurrent.futures import Future
 
-from celeb_smile.constants import (CANCEL_TAG, ERROR_TAG, EXIT_BAD_INPUT, EXIT_INTERRUPTED,
-                                   EXIT_OK, EXIT_TERMINATED, EXIT_TRIAL_FAILED,
-                                   OUTAGE_PATIENCE_S, STOPPED_TAG, SWEEP_RUN_TAG, TrialState)
+from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, DISRUPTIONS_TAG, ERROR_TAG,
+                                   EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
+                                   EXIT_TRIAL_FAILED, OUTAGE_PATIENCE_S, STOPPED_TAG,
+                                   SWEEP_RUN_TAG, TrialState)
 from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep import report
 from celeb_smile.sweep.access import AccessError, grant_trainer
@@ -39,6 +40,7 @@ LEASE_WAIT_POLL_S = 5  # how often a controller waiting for a lease reads it aga
 LAUNCH_PATIENCE_S = 120  # a submission is retried this long before its trial fails
 NOTE_EVERY_S = 30  # the parent's description is rewritten at most this often while trials run
 FINISHING_POLL_S = 0.5  # the poll interval while a trial is past its last epoch (ends soon)
+MAX_DISRUPTIONS = 3  # lost pods or processes a trial resumes from before it fails
 
 
 class HardStop(BaseException):
@@ -50,7 +52,7 @@ class SweepController:
                  poll_seconds=None, promote=False, warm_start=False,
                  pending_timeout=900.0, outage_seconds=OUTAGE_PATIENCE_S, stats_path=None,
                  code_version: str | None = None, hand_over_on_sigterm=False,
-                 lease_wait_s=0.0):
+                 lease_wait_s=0.0, max_disruptions=MAX_DISRUPTIONS):
         self.spec = spec
         self.backend = backend
         self.console = console
@@ -59,6 +61,7 @@ class SweepController:
         self.promote = promote
         self.warm_start = warm_start
         self.pending_timeout = pending_timeout
+        self.max_disruptions = max_disruptions  # per trial, before it fails
         self.stats_path = stats_path  # JSON lines of per-poll API calls (benchmarks)
         self.interrupted = threading.Event()  # first Ctrl-C or --cancel: cancel, submit nothing
         self.hard_stop = threading.Event()  # second Ctrl-C
@@ -80,7 +83,8 @@ class SweepController:
         self.ended_because = ""  # goal reached, budget spent, too many failures...
         self.started = time.monotonic()
         # Trials that ended and whose end is not on their run yet: index -> (tags to add, the
-        # run's status when the trial ended, whether its series are read to the last epoch).
+        # run's status and tags when the trial ended, whether its series are read to the last
+        # epoch).
         # The recorder writes them while the loop goes on.
         self._unrecorded: dict[int, tuple[dict, str, bool]] = {}
         self.recorder = Recorder()
@@ -283,7 +287,9 @@ class SweepController:
             seen = observed.get(trial.index)
             if seen is None:
                 continue
-            if seen.state.ended:
+            if seen.disrupted or seen.relaunch:
+                self._disrupted(trial, seen)
+            elif seen.state.ended:
                 self._end(trial, seen.state, seen.reason)
             elif self._run_finished(trial):  # its pod or process only has to exit
                 self._end(trial, S.FINISHED)
@@ -382,10 +388,52 @@ class SweepController:
         if changed:
             self.progress.event(trial, str(seen.state) + (f" ({seen.reason})" if seen.reason
                                                           else ""))
-        elapsed = trial.elapsed() or 0
-        if trial.state == S.SCHEDULED and elapsed > self.pending_timeout:
-            self._cancel(trial, S.FAILED, f"pending for {elapsed:.0f}s (--pending-timeout)"
+        now = time.monotonic()
+        if seen.queued or trial.state != S.SCHEDULED:  # queued is waiting, not pending
+            trial.pending_since = now
+        waited = now - (trial.pending_since or trial.started or now)
+        if trial.state == S.SCHEDULED and waited > self.pending_timeout:
+            self._cancel(trial, S.FAILED, f"pending for {waited:.0f}s (--pending-timeout)"
                          + (f": {trial.reason}" if trial.reason else ""))
+
+    def _disrupted(self, trial: Trial, seen) -> None:
+        """Its pod or process was lost to something else than its own failure: it goes on
+        from its last checkpoint, in the pod its Job starts or in a new Job for the same run,
+        up to `max_disruptions` times."""
+        if seen.disrupted:
+            trial.disruptions.append(seen.disrupted)
+            reasons = "\n".join(trial.disruptions)
+            self.recorder.submit(lambda run=trial.run_id: self.tracking.log_tags(
+                run, {DISRUPTIONS_TAG: reasons}))
+        count = len(trial.disruptions)
+        if count > self.max_disruptions:
+            self._cancel(trial, S.FAILED, f"disrupted {count} times (--max-disruptions "
+                                          f"{self.max_disruptions}): "
+                         + "; ".join(trial.disruptions))
+            return
+        self.progress.event(trial, f"disrupted ({trial.disruptions[-1]}): resumes from its "
+                                   f"last checkpoint ({count}/{self.max_disruptions})")
+        trial.state, trial.reason = S.SCHEDULED, "resuming after a disruption"
+        trial.pending_since = time.monotonic()
+        if seen.relaunch:
+            self._relaunch(trial)
+
+    def _relaunch(self, trial: Trial) -> None:
+        """A new Job (or process) for the trial's run, after the lost one is cleaned up."""
+        try:
+            self._retry_backend(f"clean up {trial.name}",
+                                lambda: self.backend.cancel(trial.handle), patience=60)
+        except Unavailable as error:
+            self._end(trial, S.FAILED, f"could not clean up after a disruption: {error}")
+            return
+        trial.attempt += 1
+        try:
+            self.tracking.log_tags(trial.run_id, {**self.backend.run_tags(trial),
+                                                  ATTEMPT_TAG: str(trial.attempt)})
+        except Unavailable as error:
+            self._end(trial, S.FAILED, f"submission failed: {error}")
+            return
+        self._launch(trial)
 
     def _give_up(self, error: Unavailable) -> None:
         """The tracking server stayed away too long: stop every Job, fail their trials, and
@@ -400,7 +448,7 @@ class SweepController:
             self.console.print(f"[red]could not cancel the trials: {cancel_error}[/]")
         for trial in in_flight:
             trial.state, trial.reason, trial.ended = S.FAILED, self.lost, time.monotonic()
-            self._unrecorded[trial.index] = ({}, "RUNNING", False)
+            self._unrecorded[trial.index] = ({}, "RUNNING", False, {})
         self.tracking.stop = self.hard_stop
         self.recorder.discard_queued()  # this thread records them below
         self.recorder.drain()  # the write under way ends
@@ -485,6 +533,7 @@ class SweepController:
             self._end(trial, S.FAILED, f"submission failed: {error}")
             return
         trial.state, trial.reason = S.SCHEDULED, ""
+        trial.pending_since = time.monotonic()
         self._stat(submit_s=round(time.monotonic() - trial.started, 3))
         self.progress.event(trial, f"submitted ({trial.handle.describe()})")
 
@@ -523,7 +572,7 @@ class SweepController:
             run = self._snapshots.get(trial.run_id) or self.tracking.snapshot(trial.run_id)
             self._settle(trial, run)
             read = not any(self._behind(trial, run, w) for w in self.policy.series_kept())
-            self._unrecorded[trial.index] = (tags or {}, run.status, read)
+            self._unrecorded[trial.index] = (tags or {}, run.status, read, run.tags)
             self.recorder.submit(lambda: self._record_if_unrecorded(trial))
         self.progress.event(trial, str(trial.state) + (f": {trial.reason}" if trial.reason
                                                        else ""))
@@ -557,9 +606,10 @@ class SweepController:
             self._record_end(trial, *entry)
             del self._unrecorded[trial.index]
 
-    def _record_end(self, trial: Trial, tags: dict, run_status: str, history_read: bool) -> None:
+    def _record_end(self, trial: Trial, tags: dict, run_status: str, history_read: bool,
+                    run_tags: dict) -> None:
         self._save_log(trial)
-        self.record.record_end(trial, run_status, tags)
+        self.record.record_end(trial, run_status, tags, run_tags)
         if trial.handle is not None:
             self._retry_backend("clean up", lambda: self.backend.release(trial.handle),
                                 patience=30)

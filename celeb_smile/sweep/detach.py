@@ -61,6 +61,7 @@ class ControllerOptions:
     pending_timeout: float = 900.0
     outage_timeout: float = 300.0
     poll_seconds: float | None = None
+    max_disruptions: int = 3
 
 
 def controller_job_name(sweep_id: str) -> str:

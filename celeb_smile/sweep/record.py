@@ -10,9 +10,9 @@ import time
 
 from mlflow.entities import Param
 
-from celeb_smile.constants import (CANCEL_TAG, CODE_VERSION_TAG, PARAMS_TAG, REASON_TAG,
-                                   RUNG_TAG, STOPPED_TAG, SWEEP_ID_TAG, SWEEP_RUN_TAG,
-                                   TRIAL_INDEX_TAG, TrialState)
+from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, CODE_VERSION_TAG, DISRUPTIONS_TAG,
+                                   PARAMS_TAG, REASON_TAG, RUNG_TAG, STOPPED_TAG, SWEEP_ID_TAG,
+                                   SWEEP_RUN_TAG, TRIAL_INDEX_TAG, TrialState)
 from celeb_smile.sweep.progress import params_label
 from celeb_smile.sweep.search import combination
 from celeb_smile.sweep.spec import SweepSpec, describe
@@ -111,6 +111,8 @@ class SweepRecord:
                       run_id=run.info.run_id, metrics=dict(run.data.metrics),
                       sweep_run_id=tags.get(SWEEP_RUN_TAG))
         trial.rung_passed = trial.rung_recorded = int(tags.get(RUNG_TAG, "0") or 0)
+        trial.attempt = int(tags.get(ATTEMPT_TAG, "1") or 1)
+        trial.disruptions = [d for d in tags.get(DISRUPTIONS_TAG, "").splitlines() if d]
         return trial
 
     def _trial_to_continue(self, trial: Trial, run, adopt) -> Trial:
@@ -183,12 +185,16 @@ class SweepRecord:
         """The rung a trial passed, so a restarted controller does not judge it there again."""
         self.tracking.log_tags(run_id, {RUNG_TAG: str(rung)})
 
-    def record_end(self, trial: Trial, run_status: str, tags: dict) -> None:
-        """How the trial ended, on its run: the reason (unless it finished) and the status
-        the trial's state maps to, written over whatever its process wrote (e.g. KILLED by
-        its SIGTERM handler), unless it is already that."""
+    def record_end(self, trial: Trial, run_status: str, tags: dict, run_tags: dict) -> None:
+        """How the trial ended, on its run: the reason (unless it finished: then a reason an
+        earlier pod left, e.g. its SIGTERM handler's before a disruption, goes) and the
+        status the trial's state maps to, written over whatever its process wrote, unless it
+        is already that."""
         if trial.state != S.FINISHED:
             self.tracking.log_tags(trial.run_id, {REASON_TAG: trial.reason, **tags})
+        elif REASON_TAG in run_tags:
+            self.tracking.patient("clear an earlier pod's reason", lambda: self.client
+                                  .delete_tag(trial.run_id, REASON_TAG))
         if run_status != trial.state.mlflow_status:
             self.tracking.end_run(trial.run_id, trial.state.mlflow_status)
 

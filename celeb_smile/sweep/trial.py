@@ -30,6 +30,9 @@ class Trial:
     handle: object = None  # the backend's handle while in flight
     started: float | None = None  # time.monotonic() at submission
     ended: float | None = None
+    pending_since: float | None = None  # time.monotonic() since it waits for its pod (not queued)
+    attempt: int = 1  # Jobs or processes launched for its run: one more after each disruption
+    disruptions: list[str] = field(default_factory=list)  # why its pod or process was lost
 
     @property
     def name(self) -> str:

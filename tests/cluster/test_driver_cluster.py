@@ -4,6 +4,7 @@ without leftovers; and the faults a long sweep meets: a Job deleted behind its b
 SIGKILLed and started again, a submission the API server refuses, an early-stopped trial."""
 
 import json
+import re
 import signal
 import time
 
@@ -11,7 +12,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from celeb_smile.constants import REASON_TAG, STOPPED_TAG, TRIAL_INDEX_TAG
+from celeb_smile.constants import (DISRUPTIONS_TAG, EPOCH_METRICS, REASON_TAG, STOPPED_TAG,
+                                   TRIAL_INDEX_TAG)
 from tests.conftest import PROJECT_DIR
 from tests.helpers.cluster_driver import (JOB_PATTERN, TINY, run_driver, runs_on, start_driver,
                                           sweep_jobs, training_runs, wait_for)
@@ -177,3 +179,35 @@ def test_an_early_stopped_trial_loses_its_job_and_pod_and_ends_killed_with_the_r
     job_left = cluster_stack.kubectl("get", "jobs", job, "--ignore-not-found",
                                      "-o", "name").stdout.split()
     assert leftovers + job_left == []
+
+
+def test_a_trial_whose_pod_is_deleted_goes_on_in_another_pod_from_its_checkpoint(
+        cluster_stack, training_jobs):
+    experiment = f"cluster-disrupted-{int(time.time())}"
+    epochs = 5
+    process = start_driver(cluster_stack, "--experiment", experiment, "--no-build",
+                           "--param", f"epochs={epochs}", "--param", "training_samples=1024",
+                           "--param", "validation_samples=64")
+    client = MlflowClient(cluster_stack.tracking_uri)
+    try:
+        (run,) = wait_for(lambda: training_runs(client, experiment, 1), "the trial training")
+        wait_for(lambda: len(client.get_metric_history(run.info.run_id, "loss")) >= 2,
+                 "two epochs logged")
+        before = len(client.get_metric_history(run.info.run_id, "loss"))
+        job = run.data.tags["celeb_smile.job"].split("/", 1)[1]
+        cluster_stack.kubectl("delete", "pod", "-l", f"job-name={job}", "--wait=false")
+        output, _ = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    training_jobs.names.extend(JOB_PATTERN.findall(output) + [job])
+    assert process.returncode == 0, output[-4000:]
+    finished = client.get_run(run.info.run_id)
+    assert finished.info.status == "FINISHED" and REASON_TAG not in finished.data.tags
+    assert "deleted or evicted" in finished.data.tags[DISRUPTIONS_TAG]
+    for metric in EPOCH_METRICS:  # every epoch's point exactly once, across both pods
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+        assert sorted(steps) == list(range(epochs)), (metric, steps)
+    log = open(client.download_artifacts(run.info.run_id, "logs/trial.log")).read()
+    resumed = [int(n) for n in re.findall(r"resumed at epoch (\d+)", log)]
+    assert resumed and resumed[0] - 1 in (before, before + 1), (before, log[-2000:])

@@ -1,6 +1,7 @@
 """What the driver's Kubernetes watch sees of real Jobs, in one listing per poll: exit code,
-OOMKilled, ImagePullBackOff, DeadlineExceeded, a deleted Job, a deleted pod, an unschedulable
-pod (with its reason, still waiting), and the full log (stand-in python image)."""
+OOMKilled, ImagePullBackOff, DeadlineExceeded, a deleted Job (a failure), a deleted pod (a
+disruption: its Job starts another), an unschedulable pod (with its reason, still waiting),
+and the full log (stand-in python image)."""
 
 import time
 import uuid
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 from kubernetes import client, config
 
-from celeb_smile.constants import SWEEP_LABEL, TrialState
+from celeb_smile.constants import COMPONENT_LABEL, RUN_LABEL, SWEEP_LABEL, TrialState
 from celeb_smile.sweep.backends.kubernetes import JobWatch, KubernetesTrial
 
 pytestmark = pytest.mark.cluster
@@ -37,7 +38,7 @@ def watch(kube_env):
 
 def start_job(watch, index, name, command, image=PYTHON_IMAGE, memory="256Mi", cpu="500m",
               deadline=None) -> Watched:
-    labels = {SWEEP_LABEL: SWEEP}
+    labels = {SWEEP_LABEL: SWEEP, RUN_LABEL: f"run-{index}", COMPONENT_LABEL: "training"}
     container = client.V1Container(
         name="main", image=image, command=command, image_pull_policy="IfNotPresent",
         resources=client.V1ResourceRequirements(requests={"cpu": cpu},
@@ -105,7 +106,7 @@ def test_failure_reasons_from_kubernetes(watch):
     assert leftovers() == []
 
 
-def test_a_deleted_job_or_pod_fails_its_trial_within_one_poll(watch):
+def test_a_deleted_job_fails_its_trial_and_a_deleted_pod_is_replaced_by_its_job(watch):
     job = start_job(watch, 11, "job-goes", ["sleep", "300"])
     pod = start_job(watch, 12, "pod-goes", ["sleep", "300"])
     both = [job, pod]
@@ -118,8 +119,11 @@ def test_a_deleted_job_or_pod_fails_its_trial_within_one_poll(watch):
     seen = watch.observe(both)
     assert seen[job.index].state == TrialState.FAILED
     assert seen[job.index].reason == "Job job-goes deleted"
-    assert seen[pod.index].state == TrialState.FAILED
-    assert seen[pod.index].reason == f"pod {pod_name} deleted"
+    assert seen[pod.index].disrupted == f"pod {pod_name} deleted or evicted"
+    assert not seen[pod.index].relaunch  # the Job starts another pod itself
+    replaced = observe_until(watch, [pod], lambda seen: seen[pod.index].state ==
+                             TrialState.RUNNING)
+    assert replaced[pod.index].disrupted == "" and pod.handle.pods_seen != {pod_name}
     watch.cancel_all()
 
 

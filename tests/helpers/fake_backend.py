@@ -3,7 +3,10 @@ logging to its real MLflow run (a sqlite store), so the scheduler meets a real t
 and only the cluster is simulated. Parameters script the behaviour:
   learning_rate -> the val_accuracy it reaches (val_loss: 1 - val_accuracy);
   convolutions=9 -> the trial fails (exit 1);
-  convolutions=8 -> its "pod" is never scheduled (stays SCHEDULED, Unschedulable)."""
+  convolutions=8 -> its "pod" is never scheduled (stays SCHEDULED, Unschedulable);
+  convolutions=7 -> its Job waits in a queue (suspended) for QUEUED_POLLS polls first.
+A handle's `evicted` makes its next observation a disruption (its Job failed: relaunch); a
+relaunched trial goes on from the epochs its run has, as train.py does from its checkpoint."""
 
 from dataclasses import dataclass, field
 
@@ -18,6 +21,9 @@ ADOPT_TAG = "fake.handle"
 FAILING_CONVOLUTIONS = "9"
 UNSCHEDULABLE_CONVOLUTIONS = "8"
 UNSCHEDULABLE = "Unschedulable: 0/1 nodes are available: 1 Insufficient cpu."
+QUEUED_CONVOLUTIONS = "7"
+QUEUED_POLLS = 3
+EVICTED = "Evicted: The node was low on resource: memory."
 
 
 @dataclass
@@ -28,6 +34,8 @@ class FakeHandle:
     deleted: bool = False
     cancelled: bool = False
     exiting: int = -1  # polls its "pod" still runs after its run ended (-1: not ended yet)
+    evicted: bool = False
+    queued: int = 0  # polls it still waits in its queue
 
     def describe(self) -> str:
         return f"fake {self.run_id[:8]}"
@@ -64,7 +72,9 @@ class FakeBackend:
         if self.blips:
             self.blips -= 1
             raise ConnectionError("API server blip")
-        handle = FakeHandle(trial.run_id, dict(trial.params))
+        resumed_at = len(self.client.get_metric_history(trial.run_id, "val_accuracy"))
+        queued = QUEUED_POLLS if trial.params.get("convolutions") == QUEUED_CONVOLUTIONS else 0
+        handle = FakeHandle(trial.run_id, dict(trial.params), polls=resumed_at, queued=queued)
         self.launched.append(handle)
         return handle
 
@@ -86,6 +96,12 @@ class FakeBackend:
     def _step(self, handle: FakeHandle) -> Observation:
         if handle.deleted:
             return Observation(TrialState.FAILED, "Job deleted")
+        if handle.evicted:
+            return Observation(TrialState.SCHEDULED, disrupted=EVICTED, relaunch=True)
+        if handle.queued:
+            handle.queued -= 1
+            return Observation(TrialState.SCHEDULED, "suspended: waiting in its queue",
+                               queued=True)
         if handle.params.get("convolutions") == UNSCHEDULABLE_CONVOLUTIONS:
             return Observation(TrialState.SCHEDULED, UNSCHEDULABLE)
         if handle.params.get("convolutions") == FAILING_CONVOLUTIONS:

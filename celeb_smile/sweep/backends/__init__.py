@@ -23,11 +23,20 @@ EXCLUDED_DIRS = ("celeb_smile/sweep",)  # the driver's own code does not change 
 @dataclass
 class Observation:
     """What a backend sees of one trial: its state and why (reason for FAILED, or what a
-    SCHEDULED trial waits for, e.g. an unschedulable pod)."""
+    SCHEDULED trial waits for, e.g. an unschedulable pod).
+
+    `disrupted`: the trial's pod or process was lost to something other than its own failure
+    (evicted, preempted, its node lost, deleted, terminated by SIGTERM): it is to go on from
+    its last checkpoint, in a new Job or process for the same run (`relaunch`) or in the pod
+    its Job starts by itself. `queued`: waiting in a queue (a suspended Job, e.g. Kueue's),
+    which is not a pending pod."""
 
     state: TrialState
     reason: str = ""
     exit_code: int | None = None
+    disrupted: str = ""
+    relaunch: bool = False
+    queued: bool = False
 
 
 class PreparationError(RuntimeError):

@@ -38,6 +38,7 @@ class KubernetesTrial:
         self.job_name = job_name
         self.pods_seen: set[str] = set()
         self.stuck = False
+        self.disruption_counted = False  # its pod vanished and that was counted already
 
     def describe(self) -> str:
         return f"job {self.job_name}"
@@ -188,18 +189,19 @@ class JobWatch:
             if condition.type == "Complete":
                 return Observation(TrialState.FINISHED)
             if condition.type == "Failed":
-                if condition.reason == "DeadlineExceeded":
-                    return Observation(TrialState.FAILED,
-                                       f"DeadlineExceeded: {condition.message}")
-                return Observation(TrialState.FAILED,
-                                   _pod_failure(pods) or condition.reason or "Failed")
+                return self._failed(handle, condition, pods)
         if any(pod.status.phase == "Succeeded" for pod in pods):
             return Observation(TrialState.FINISHED)  # before the Job controller says Complete
+        if getattr(job.spec, "suspend", None):  # queued (Kueue): no pod yet, none pending
+            return Observation(TrialState.SCHEDULED, "suspended: waiting in its queue",
+                               queued=True)
         names = {pod.metadata.name for pod in pods}
         vanished = handle.pods_seen - names
-        if vanished:
-            return Observation(TrialState.FAILED, f"pod {sorted(vanished)[0]} deleted")
-        handle.pods_seen |= names
+        handle.pods_seen = names
+        if vanished:  # its Job starts another pod, which goes on from the last checkpoint
+            handle.disruption_counted = True
+            return Observation(TrialState.SCHEDULED, disrupted=f"pod {sorted(vanished)[0]} "
+                               "deleted or evicted")
         for pod in pods:
             stuck = _stuck_reason(pod)
             if stuck:
@@ -209,6 +211,20 @@ class JobWatch:
                 return Observation(TrialState.RUNNING)
         waiting = next(filter(None, (_waiting_reason(pod) for pod in pods)), "")
         return Observation(TrialState.SCHEDULED, waiting)
+
+    @staticmethod
+    def _failed(handle: KubernetesTrial, condition, pods) -> Observation:
+        """A failed Job: the trial failed (its container's own exit code, its deadline), or
+        its pod was lost to a disruption: then a new Job goes on from the last checkpoint."""
+        if condition.reason == "DeadlineExceeded":
+            return Observation(TrialState.FAILED, f"DeadlineExceeded: {condition.message}")
+        disruption = _pod_disruption(pods)
+        if not disruption and not pods:  # its pod deleted: counted when it vanished, or now
+            disruption = "" if handle.disruption_counted else "pod deleted or evicted"
+            return Observation(TrialState.SCHEDULED, disrupted=disruption, relaunch=True)
+        if disruption:
+            return Observation(TrialState.SCHEDULED, disrupted=disruption, relaunch=True)
+        return Observation(TrialState.FAILED, _pod_failure(pods) or condition.reason or "Failed")
 
     def cancel(self, handle: KubernetesTrial) -> None:
         """Delete the Job and its pods (deleting a Job alone can leave its pod running)."""
@@ -266,8 +282,10 @@ def in_flight_selector(trials) -> str:
 
 
 def job_name(sweep_id: str, trial) -> str:
-    """DNS-1123 and unique per run: `celeb-smile-<sweep>-t<NN>-<run id prefix>`."""
-    return f"celeb-smile-{sweep_id}-t{trial.index:02d}-{trial.run_id[:8]}"
+    """DNS-1123 and unique per run and attempt: `celeb-smile-<sweep>-t<NN>-<run id prefix>`,
+    then `-a<N>` for the Job launched after its (N-1)th disruption."""
+    attempt = f"-a{trial.attempt}" if trial.attempt > 1 else ""
+    return f"celeb-smile-{sweep_id}-t{trial.index:02d}-{trial.run_id[:8]}{attempt}"
 
 
 def kubernetes_clients(context: str | None = None):
@@ -377,6 +395,24 @@ def _pod_failure(pods) -> str:
                 elif ended.exit_code == EXIT_TERMINATED:
                     reason += " (SIGTERM: the pod was deleted, evicted or preempted)"
                 return reason
+    return ""
+
+
+# Why a pod ends that is not its container's doing (Pod.status.reason).
+DISRUPTION_REASONS = ("Evicted", "Preempting", "NodeLost", "Shutdown", "NodeShutdown",
+                      "Terminated", "UnexpectedAdmissionError", "DeletionByTaintManager")
+
+
+def _pod_disruption(pods) -> str:
+    """Why a trial's pod was lost to its cluster rather than to its own failure: evicted,
+    preempted, its node gone, or stopped by SIGTERM (exit 143: drained, deleted); '' else."""
+    for pod in pods:
+        if pod.status.reason in DISRUPTION_REASONS:
+            return f"{pod.status.reason}: {pod.status.message or pod.metadata.name}"
+        for status in pod.status.container_statuses or []:
+            ended = status.state.terminated
+            if ended and ended.exit_code == EXIT_TERMINATED:
+                return f"pod {pod.metadata.name} terminated (SIGTERM, exit code 143)"
     return ""
 
 

@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from celeb_smile.constants import PID_TAG, TRAINER_HTTP_ENV, TrialState
+from celeb_smile.constants import EXIT_TERMINATED, PID_TAG, TRAINER_HTTP_ENV, TrialState
 from celeb_smile.sweep.backends import Observation, entry_point_argv
 from celeb_smile.sweep.processes import alive
 from celeb_smile.sweep.spec import PROJECT_DIR
@@ -71,6 +71,9 @@ class LocalBackend:
                 return Observation(TrialState.RUNNING)
             if code == 0:
                 return Observation(TrialState.FINISHED, exit_code=0)
+            if code == EXIT_TERMINATED:  # stopped by someone else's SIGTERM: not its failure
+                return Observation(TrialState.SCHEDULED, relaunch=True, disrupted=(
+                    f"process {handle.pid} terminated (SIGTERM, exit code 143)"))
             return Observation(TrialState.FAILED, self._reason(handle, code), exit_code=code)
         if _runs_trial(handle.pid, handle.run_id):
             return Observation(TrialState.RUNNING)
