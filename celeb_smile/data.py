@@ -15,15 +15,24 @@ HEIGHT, WIDTH, _ = IMAGE_SHAPE
 # Each split of the synthetic set draws from its own stream of example indices.
 SYNTHETIC_SPLIT_OFFSETS = {"train": 0, "validation": 10_000_000, "test": 20_000_000}
 CELEB_A_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
+SHUFFLE_BUFFER = 4096  # examples; at least the training set's size gives a full shuffle
 
 
-def load_splits(cfg: TrainConfig) -> dict[str, tf.data.Dataset]:
-    """Batched, cached, prefetched train/validation/test datasets for a configuration."""
+def load_splits(cfg: TrainConfig,
+                order_seed: tf.Variable | None = None) -> dict[str, tf.data.Dataset]:
+    """Batched, cached, prefetched train/validation/test datasets for a configuration.
+
+    The training set is reshuffled each time it is iterated. With `order_seed` (an int64
+    variable), an iteration's order is a function of the value it holds when the iteration
+    starts (train() sets it at each epoch's start); without, tf.data reshuffles from cfg.seed,
+    each iteration's order depending on how many came before it.
+    """
     counts = {"train": cfg.training_samples, "validation": cfg.validation_samples,
               "test": cfg.validation_samples}
+    train_seed = cfg.seed if order_seed is None else order_seed
     return {
         split: batch_pipeline(examples(cfg, split, count), cfg.batch_size,
-                              shuffle_seed=cfg.seed if split == "train" else None)
+                              shuffle_seed=train_seed if split == "train" else None)
         for split, count in counts.items()
     }
 
@@ -34,11 +43,30 @@ def examples(cfg: TrainConfig, split: str, count: int) -> tf.data.Dataset:
     return celeb_a_examples(CELEB_A_SPLITS[split], count, data_dir=cfg.data_path)
 
 
-def batch_pipeline(dataset: tf.data.Dataset, batch_size: int, shuffle_seed=None) -> tf.data.Dataset:
+def batch_pipeline(dataset: tf.data.Dataset, batch_size: int,
+                   shuffle_seed: int | tf.Variable | None = None) -> tf.data.Dataset:
     dataset = dataset.cache()
-    if shuffle_seed is not None:
-        dataset = dataset.shuffle(4096, seed=shuffle_seed, reshuffle_each_iteration=True)
+    if isinstance(shuffle_seed, tf.Variable):
+        dataset = shuffled_by(dataset, shuffle_seed)
+    elif shuffle_seed is not None:
+        dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=shuffle_seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(AUTOTUNE)
+
+
+def shuffled_by(dataset: tf.data.Dataset, seed: tf.Variable) -> tf.data.Dataset:
+    """`dataset` shuffled, at each iteration, by the value `seed` holds when that iteration
+    starts: the same value, the same order (tf.data also mixes in the global seed, which
+    train() sets to cfg.seed before anything else)."""
+    # Read inside a dataset function, the seed is read at every iteration's start, not once
+    # when the pipeline is built.
+    shuffled = tf.data.Dataset.range(1).flat_map(
+        lambda _: dataset.shuffle(SHUFFLE_BUFFER, seed=seed.read_value()))
+    count = dataset.cardinality()
+    if count < 0:  # unknown: nothing to tell Keras
+        return shuffled
+    # flat_map hides the count, which Keras would otherwise learn by running out of data (with
+    # a warning) at the end of the first epoch.
+    return shuffled.apply(tf.data.experimental.assert_cardinality(count))
 
 
 class DataUnavailable(ValueError):

@@ -17,6 +17,7 @@ DENSE_UNITS = 32  # width of the dense layer before the sigmoid (as in the origi
 # synthetic set for seeds 1 and 3 of 1, 2, 3, 42; with these two layers, seeds 1-8 and 42 all
 # reach 0.9 by epoch 3-6: see benchmarks/README.md).
 HEAD_POOL = 2
+AUGMENTATION_LAYER = "random_flip"
 
 
 def build_model(convolutions: int, randomize_images: bool, seed: int = 0) -> keras.Model:
@@ -26,7 +27,7 @@ def build_model(convolutions: int, randomize_images: bool, seed: int = 0) -> ker
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     x = layers.AveragePooling2D(INPUT_DOWNSCALE, name="downscale")(x)
     if randomize_images:
-        x = layers.RandomFlip("horizontal", seed=seed, name="random_flip")(x)
+        x = layers.RandomFlip("horizontal", seed=seed, name=AUGMENTATION_LAYER)(x)
     for block in range(convolutions):
         filters = FIRST_FILTERS * 2**block
         x = layers.Conv2D(filters, 3, padding="same", activation="relu", name=f"conv{block + 1}")(x)
@@ -37,6 +38,14 @@ def build_model(convolutions: int, randomize_images: bool, seed: int = 0) -> ker
     x = layers.Dense(DENSE_UNITS, activation="relu", name="dense")(x)
     outputs = layers.Dense(1, activation="sigmoid", name="smiling")(x)
     return keras.Model(inputs, outputs, name=f"celeb_smile_conv{convolutions}")
+
+
+def reseed_augmentation(model: keras.Model, seed: int) -> None:
+    """Restart the random flips' draws from `seed` (nothing to do without them): what they
+    draw from here on depends on `seed` alone, not on the steps trained before."""
+    if any(layer.name == AUGMENTATION_LAYER for layer in model.layers):
+        # Keras keeps a random layer's draws in its SeedGenerator: a [seed, counter] variable.
+        model.get_layer(AUGMENTATION_LAYER).generator.state.assign([seed, 0])
 
 
 def compile_model(model: keras.Model, learning_rate: float) -> keras.Model:

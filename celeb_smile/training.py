@@ -1,5 +1,12 @@
-"""Train one configuration and record it on the active MLflow run."""
+"""Train one configuration and record it on the active MLflow run.
 
+A run resumes where it stopped: every epoch ends with a checkpoint on the run
+(celeb_smile.checkpoint), and train() on a run that has one goes on from the next epoch. What
+an epoch draws (the data order, the random flips) is a function of (seed, epoch) alone, so the
+epochs a resumed run trains are those an uninterrupted run would have.
+"""
+
+import tempfile
 import time
 
 import keras
@@ -9,43 +16,136 @@ import tensorflow as tf
 from mlflow.models import ModelSignature
 from mlflow.types.schema import Schema, TensorSpec
 
-from celeb_smile import IMAGE_SHAPE
+from celeb_smile import IMAGE_SHAPE, checkpoint
 from celeb_smile.config import TrainConfig, parse_value
+from celeb_smile.constants import FINAL_METRICS
 from celeb_smile.data import load_splits
-from celeb_smile.model import build_model, compile_model
+from celeb_smile.model import build_model, compile_model, reseed_augmentation
 from celeb_smile.retry import patiently
 
 MODEL_NAME = "model"  # the run's logged model: runs:/<run_id>/model
+# Logged with each epoch's other metrics: its steps are the epochs a run has logged.
+PROGRESS_METRIC = "loss"
+
+
+def epoch_seeds(seed: int, epoch: int) -> dict[str, int]:
+    """The data order's and the random flips' seeds for a (0-based) epoch."""
+    shuffle, augmentation = np.random.SeedSequence([seed, epoch]).generate_state(2) >> 1
+    return {"shuffle": int(shuffle), "augmentation": int(augmentation)}  # >> 1: both int32
+
+
+class EpochRandomness(keras.callbacks.Callback):
+    """At each epoch's start, reseed the training set's order and the random flips from
+    (seed, epoch): an epoch draws the same whichever epochs this process trained before it."""
+
+    def __init__(self, seed: int, order_seed: tf.Variable):
+        super().__init__()
+        self._seed, self._order_seed = seed, order_seed
+
+    def on_epoch_begin(self, epoch, logs=None):
+        seeds = epoch_seeds(self._seed, epoch)
+        self._order_seed.assign(seeds["shuffle"])
+        reseed_augmentation(self.model, seeds["augmentation"])
 
 
 class EpochMetricsLogger(keras.callbacks.Callback):
-    """Log every epoch's metrics as it ends (step = epoch), so a run can be watched live."""
+    """Log every epoch's metrics as it ends (step = epoch), so a run can be watched live. An
+    epoch the run has logged already (trained again after a resume) is not logged twice."""
 
-    def on_epoch_end(self, epoch, logs=None):
-        metrics = {name: float(value) for name, value in (logs or {}).items()}
-        metrics["epoch_seconds"] = time.perf_counter() - self._epoch_started
-        log_metrics_once(f"log epoch {epoch}'s metrics", metrics, step=epoch)
+    def __init__(self, logged_epochs=frozenset()):
+        super().__init__()
+        self._logged_epochs = logged_epochs
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_started = time.perf_counter()
 
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch in self._logged_epochs:
+            return
+        metrics = {name: float(value) for name, value in (logs or {}).items()}
+        metrics["epoch_seconds"] = time.perf_counter() - self._epoch_started
+        log_metrics_once(f"log epoch {epoch}'s metrics", metrics, step=epoch)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After each epoch (after its metrics are logged: list it after EpochMetricsLogger), the
+    run's checkpoint becomes this epoch's. The loop only copies the variables; the file is
+    written and uploaded while the next epoch trains, and fit() returns once the last one is
+    on the run."""
+
+    def __init__(self, cfg: TrainConfig, run_id: str, directory: str):
+        super().__init__()
+        self._cfg, self._run_id, self._directory = cfg, run_id, directory
+
+    def on_train_begin(self, logs=None):
+        self._saver = checkpoint.Saver(self._run_id, self._directory)
+
+    def on_epoch_end(self, epoch, logs=None):
+        done = epoch + 1
+        record = checkpoint.Record(done, self._cfg.as_params(), epoch_seeds(self._cfg.seed, done))
+        self._saver.submit(checkpoint.snapshot(self.model, record))
+
+    def on_train_end(self, logs=None):
+        self._saver.finish()
+
 
 def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
     """Fit the model for `cfg` on the active MLflow run: params, per-epoch metrics, test
-    metrics and the model (with signature and input example) all land on that run."""
+    metrics and the model (with signature and input example) all land on that run. A run with
+    a checkpoint goes on from the epoch after it."""
     keras.utils.set_random_seed(cfg.seed)
     patiently("log the parameters", lambda: log_params_once(cfg))
-    splits = load_splits(cfg)
+    run_id = mlflow.active_run().info.run_id
+    order_seed = tf.Variable(0, dtype=tf.int64, trainable=False)  # set at each epoch's start
+    splits = load_splits(cfg, order_seed)
     model = compile_model(build_model(cfg.convolutions, cfg.randomize_images, cfg.seed),
                           cfg.learning_rate)
-    model.fit(splits["train"], validation_data=splits["validation"], epochs=cfg.epochs,
-              callbacks=[EpochMetricsLogger()], verbose=verbose)
+    # Cleanup errors ignored: after a failed fit() the saver's thread may still be writing there.
+    with tempfile.TemporaryDirectory(prefix="celeb-smile-checkpoint-",
+                                     ignore_cleanup_errors=True) as scratch:
+        first_epoch = resume(model, cfg, run_id, scratch)
+        if first_epoch < cfg.epochs:
+            callbacks = [EpochRandomness(cfg.seed, order_seed),
+                         EpochMetricsLogger(logged_epochs(run_id)),
+                         EpochCheckpoint(cfg, run_id, scratch)]
+            model.fit(splits["train"], validation_data=splits["validation"], epochs=cfg.epochs,
+                      initial_epoch=first_epoch, callbacks=callbacks, verbose=verbose)
     test_loss, test_accuracy = model.evaluate(splits["test"], verbose=0)
-    log_metrics_once("log the test metrics",
-                     {"test_loss": test_loss, "test_accuracy": test_accuracy})
+    log_test_metrics(run_id, {"test_loss": test_loss, "test_accuracy": test_accuracy})
     example = next(iter(splits["validation"]))[0].numpy()[:1]
     patiently("log the model", lambda: log_model(model, example_batch=example))
     return model
+
+
+def resume(model: keras.Model, cfg: TrainConfig, run_id: str, scratch: str) -> int:
+    """The (0-based) epoch to train first: the one after the run's checkpoint, whose weights
+    and optimizer state `model` takes; 0 when the run has no checkpoint."""
+    path = checkpoint.download(run_id, scratch)
+    if path is None:
+        return 0
+    state = checkpoint.read(path)
+    done = state.record.epochs_done
+    checkpoint.refuse_unless_continues(state.record, cfg.as_params(),
+                                       epoch_seeds(cfg.seed, done), run_id)
+    checkpoint.restore(model, state)
+    print(f"resumed at epoch {done + 1} from the checkpoint of run {run_id}" if done < cfg.epochs
+          else f"resumed after its last epoch ({done}) from the checkpoint of run {run_id}",
+          flush=True)
+    return done
+
+
+def logged_epochs(run_id: str) -> frozenset[int]:
+    client = mlflow.MlflowClient()
+    history = patiently("read the logged epochs",
+                        lambda: client.get_metric_history(run_id, PROGRESS_METRIC))
+    return frozenset(metric.step for metric in history)
+
+
+def log_test_metrics(run_id: str, metrics: dict[str, float]) -> None:
+    """Once per run, also when a resumed run that had logged them evaluates again."""
+    recorded = patiently("read the run", lambda: mlflow.get_run(run_id)).data.metrics
+    if not set(FINAL_METRICS) <= set(recorded):
+        log_metrics_once("log the test metrics", metrics)
 
 
 def log_metrics_once(what: str, metrics: dict[str, float], step: int = 0) -> None:

@@ -3,6 +3,7 @@
 import os
 import signal
 import subprocess
+import tempfile
 import time
 
 import mlflow
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
-from celeb_smile import IMAGE_SHAPE
-from celeb_smile.constants import (ERROR_TAG, EPOCH_METRICS, EXIT_TERMINATED, FINAL_METRICS,
-                                   REASON_TAG)
+from celeb_smile import IMAGE_SHAPE, checkpoint
+from celeb_smile.config import config_from_params
+from celeb_smile.constants import (EPOCH_METRIC_DIRECTIONS, ERROR_TAG, EPOCH_METRICS,
+                                   EXIT_TERMINATED, FINAL_METRICS, REASON_TAG, SWEEP_ENV)
+from celeb_smile.training import epoch_seeds
 from tests.helpers.flaky_front import flaky_front
 from tests.helpers.project import docker_free_project, train_argv
 from tests.conftest import BIN_DIR, PROJECT_DIR
@@ -208,3 +211,111 @@ def test_a_run_ended_by_the_driver_before_the_sigterm_is_left_as_the_driver_left
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags[REASON_TAG] == "stopped by asha at epoch 1"
+
+
+# -- resuming a run from its checkpoint ---------------------------------------------------------
+# Epochs long enough (2.5-5 s on 2 cores) that the SIGTERM sent once epoch 2's checkpoint is on
+# the run (seen within 0.2-2 s) lands before epoch 3's is.
+RESUMED_PARAMS = dict(LEARNING_PARAMS, epochs="4", training_samples="3000", convolutions="3")
+
+
+def checkpoint_record(client, run_id):
+    """The record of the run's checkpoint, None before the first."""
+    if not client.list_artifacts(run_id, checkpoint.CHECKPOINT_DIR):
+        return None
+    with tempfile.TemporaryDirectory() as scratch:
+        return checkpoint.read(
+            client.download_artifacts(run_id, checkpoint.CHECKPOINT_ARTIFACT, scratch)).record
+
+
+def wait_for_checkpoint(process, client, run_id, epochs: int, timeout: float = 300):
+    wait_for_epochs(process, client, run_id, epochs, timeout)  # cheaper to poll first
+    deadline = time.monotonic() + timeout
+    while (found := checkpoint_record(client, run_id)) is None or found.epochs_done < epochs:
+        assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()
+        time.sleep(0.1)
+    return found
+
+
+def train_on(tracking_uri, run_id, params):
+    """`python train.py` on an existing run, to the end."""
+    return subprocess.run(train_argv(params), cwd=PROJECT_DIR, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, MLFLOW_TRACKING_URI=tracking_uri,
+                                                MLFLOW_RUN_ID=run_id))
+
+
+@pytest.fixture(scope="module")
+def resumed_run(mlflow_server):
+    """A 4-epoch run stopped by SIGTERM once epoch 2's checkpoint is on it, then reopened (as a
+    controller does for a new Job) and trained again: (client, run id, the checkpoint's record
+    after the stop, the second process)."""
+    process, client, run_id = start_training(mlflow_server, RESUMED_PARAMS)
+    wait_for_checkpoint(process, client, run_id, 2)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == EXIT_TERMINATED, output[-3000:]
+    assert client.get_run(run_id).info.status == "KILLED"
+    after_stop = checkpoint_record(client, run_id)
+    client.update_run(run_id, "RUNNING")
+    return client, run_id, after_stop, train_on(mlflow_server, run_id, RESUMED_PARAMS)
+
+
+def test_a_run_stopped_after_epoch_2_resumes_at_epoch_3_and_logs_every_epoch_once(resumed_run):
+    client, run_id, after_stop, resumed = resumed_run
+    assert after_stop.epochs_done == 2
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed at epoch 3 from the checkpoint of run {run_id}\n" in resumed.stdout
+    assert client.get_run(run_id).info.status == "FINISHED"
+    for metric in EPOCH_METRICS:
+        assert sorted(m.step for m in client.get_metric_history(run_id, metric)) == \
+            [0, 1, 2, 3], metric
+    for metric in FINAL_METRICS:
+        assert len(client.get_metric_history(run_id, metric)) == 1, metric
+    listed = client.list_artifacts(run_id, checkpoint.CHECKPOINT_DIR)
+    assert [a.path for a in listed] == [checkpoint.CHECKPOINT_ARTIFACT]  # only the last one
+    assert checkpoint_record(client, run_id).epochs_done == 4
+
+
+def test_a_resumed_run_logs_the_metrics_of_an_uninterrupted_one(resumed_run, mlflow_server):
+    """TensorFlow on CPU repeats the computation bit for bit on one machine (the tolerance
+    covers another CPU's kernels): the resumed epochs are the uninterrupted run's."""
+    client, run_id, _, _ = resumed_run
+    other = client.create_run(client.get_run(run_id).info.experiment_id).info.run_id
+    assert train_on(mlflow_server, other, RESUMED_PARAMS).returncode == 0
+    for metric in (*EPOCH_METRIC_DIRECTIONS, *FINAL_METRICS):
+        resumed, uninterrupted = (
+            [m.value for m in sorted(client.get_metric_history(run, metric),
+                                     key=lambda m: m.step)] for run in (run_id, other))
+        assert resumed == pytest.approx(uninterrupted, rel=1e-5), metric
+
+
+def test_a_checkpoint_of_another_configuration_is_refused_in_one_line(
+        mlflow_server, small_params, tmp_path):
+    client = MlflowClient(mlflow_server)
+    run_id = client.create_run(client.create_experiment("it-foreign-checkpoint")).info.run_id
+    theirs = config_from_params(dict(small_params, batch_size="8"))
+    record = checkpoint.Record(1, theirs.as_params(), epoch_seeds(theirs.seed, 1))
+    client.log_artifact(run_id, str(checkpoint.write(checkpoint.Snapshot(record, [], []),
+                                                     tmp_path)), checkpoint.CHECKPOINT_DIR)
+    result = train_on(mlflow_server, run_id, small_params)
+    message = (f"the checkpoint of run {run_id} was made with batch_size=8, "
+               f"not batch_size={small_params['batch_size']}")
+    assert result.returncode == 1 and f"error: {message}\n" in result.stderr, result.stderr
+    run = client.get_run(run_id)
+    assert run.info.status == "FAILED" and run.data.tags[ERROR_TAG] == message
+    assert client.get_metric_history(run_id, "loss") == []
+
+
+def test_sigterm_to_a_sweeps_trial_leaves_its_run_to_the_sweeps_controller(mlflow_server,
+                                                                          monkeypatch):
+    """Under a sweep's controller (which records every trial's end) a terminated trial writes
+    nothing: two writers ending the same run could leave its status and reason disagreeing."""
+    monkeypatch.setenv(SWEEP_ENV, "0123456789ab")
+    process, client, run_id = start_training(mlflow_server, LONG_EPOCHS)
+    wait_for_epochs(process, client, run_id, 1)
+    process.send_signal(signal.SIGTERM)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == EXIT_TERMINATED, output[-3000:]
+    assert "the run is left to sweep 0123456789ab's controller" in output
+    run = client.get_run(run_id)
+    assert run.info.status == "RUNNING" and REASON_TAG not in run.data.tags
