@@ -4,10 +4,12 @@ Every call to the tracking server goes through `patiently`: a server restarting 
 delays the run, it does not fail it.
 
 SIGTERM (the trial's Job or pod deleted, the pod evicted or preempted, the driver cancelling
-a local trial) stops training within one step: the run ends KILLED with the reason, unless
-whoever sent the signal already ended it (then it is left exactly as they left it), and the
-process exits 143. As a container's PID 1, Python would otherwise ignore SIGTERM until the
-SIGKILL that follows it.
+a local trial) stops training within one step and the process exits 143. The run ends KILLED
+with the reason, unless whoever sent the signal already ended it (then it is left exactly as
+they left it), or a sweep's controller watches the trial (CELEB_SMILE_SWEEP_ID): then the run
+is left to the controller, which records how the trial ended (cancelled, stopped, failed, or
+disrupted and resumed from its checkpoint), so no two writers race. As a container's PID 1,
+Python would otherwise ignore SIGTERM until the SIGKILL that follows it.
 """
 
 import os
@@ -15,7 +17,7 @@ import signal
 import sys
 
 from celeb_smile.constants import (ERROR_TAG, EXIT_BAD_INPUT, EXIT_TERMINATED, EXIT_TRIAL_FAILED,
-                                   REASON_TAG)
+                                   REASON_TAG, SWEEP_ENV)
 from celeb_smile.retry import Refused
 
 TERMINATED_REASON = ("terminated by SIGTERM (its Job or pod was deleted, or the pod evicted "
@@ -89,6 +91,10 @@ def _end_terminated():
     """End the run KILLED with the reason if it is still RUNNING, then leave at once."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM cuts nothing short
     print(f"error: {TERMINATED_REASON}", file=sys.stderr, flush=True)
+    if os.environ.get(SWEEP_ENV):
+        print(f"the run is left to sweep {os.environ[SWEEP_ENV]}'s controller", file=sys.stderr,
+              flush=True)
+        _leave(EXIT_TERMINATED)
     try:
         _end_run_unless_ended(_current_run_id(), "KILLED", TERMINATED_REASON)
     except Exception as error:  # noqa: BLE001 - leaving anyway; the driver records the end

@@ -31,6 +31,8 @@ RUNG_TAG = "celeb_smile.rung_passed"  # the highest ASHA rung (epoch) a trial wa
 CANCEL_TAG = "celeb_smile.cancelled_by"  # on the parent: who asked (driver.py --cancel) and when
 DISRUPTIONS_TAG = "celeb_smile.disruptions"  # a trial's lost pods or processes, one reason a line
 ATTEMPT_TAG = "celeb_smile.attempt"  # Jobs or processes launched for a trial's run so far
+PAUSE_TAG = "celeb_smile.paused_by"  # on the parent (driver.py --pause): who paused the sweep
+PAUSED_TAG = "celeb_smile.paused"  # on a trial's run: stopped by a pause, resumes from its checkpoint
 
 # -- tracking-server identities -----------------------------------------------------------
 # MLflow users named TRIAL_USER_PREFIX + ... (one per trial) may only do a training run's job,
@@ -72,6 +74,7 @@ class TrialState(str, enum.Enum):
     STOPPED = "STOPPED"  # stopped early by the sweep's early-stopping rule
     KILLED = "KILLED"  # cancelled because the sweep was interrupted
     SKIPPED = "SKIPPED"  # finished before, by the same code: not run again (resume)
+    PAUSED = "PAUSED"  # stopped by a pause of the sweep; resumes from its last checkpoint
 
     @property
     def in_flight(self) -> bool:
@@ -101,6 +104,9 @@ TRAINER_HTTP_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
+# Set by a sweep's controller in each trial's environment: the controller records how the trial
+# ended, so on SIGTERM train.py leaves the run to it (no race between two writers).
+SWEEP_ENV = "CELEB_SMILE_SWEEP_ID"
 # How long the driver (--outage-timeout's default) and a training process (around MLflow's own
 # retries) wait out an unreachable tracking server before they give up.
 OUTAGE_PATIENCE_S = 300

@@ -16,7 +16,8 @@ from rich.console import Console
 from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, CODE_VERSION_TAG, DISRUPTIONS_TAG,
                                    EXIT_BAD_INPUT,
                                    EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
-                                   EXIT_TRIAL_FAILED, LEASE_TAG, PARAMS_TAG,
+                                   EXIT_TRIAL_FAILED, LEASE_TAG, PARAMS_TAG, PAUSE_TAG,
+                                   PAUSED_TAG,
                                    REASON_TAG, RUNG_TAG, STOPPED_TAG, SWEEP_ID_TAG,
                                    TRIAL_INDEX_TAG)
 from celeb_smile.constants import TrialState
@@ -554,3 +555,60 @@ def test_a_job_waiting_in_its_queue_is_not_pending(store):
     sweep = make_sweep(FakeBackend(), {"convolutions": ["7"]}, pending_timeout=0)
     assert sweep.run() == EXIT_OK  # queued for 3 polls, never counted as pending
     assert [t.state for t in sweep.trials] == [TrialState.FINISHED]
+
+
+def test_a_pause_stops_the_trials_at_their_checkpoints_and_a_resume_goes_on(store):
+    def pause_from_elsewhere(backend):
+        if backend.polls == 2:
+            store.set_tag(sweep.record.parent_id, PAUSE_TAG, "alice@laptop")
+
+    reads_while_paused = []
+
+    def resume_after_a_while(run_ids):
+        if sweep.paused_by:
+            reads_while_paused.append(run_ids)
+            if len(reads_while_paused) == 3:
+                store.delete_tag(sweep.record.parent_id, PAUSE_TAG)
+        return snapshots(run_ids)
+
+    backend = FakeBackend(on_poll=pause_from_elsewhere)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
+    snapshots = sweep.record.snapshots
+    sweep.record.snapshots = resume_after_a_while
+    assert sweep.run() == EXIT_OK
+    assert reads_while_paused == [[sweep.record.parent_id]] * 3  # nothing else read, or run
+    first_two = backend.launched[:2]
+    assert all(h.cancelled for h in first_two)  # stopped by the pause...
+    relaunched = [h.run_id for h in backend.launched[2:4]]
+    assert sorted(relaunched) == sorted(h.run_id for h in first_two)  # ...then resumed
+    assert len(backend.launched) == 5  # and only then the third trial
+    for run in trial_runs(store):
+        assert run.info.status == "FINISHED" and PAUSED_TAG not in run.data.tags
+        assert [m.step for m in store.get_metric_history(run.info.run_id, "val_accuracy")] == \
+            [0, 1, 2]  # no epoch logged twice
+
+
+def test_the_sweeps_own_command_lifts_a_pause_that_a_controller_taking_over_keeps(store):
+    def pause_from_elsewhere(backend):
+        if backend.polls == 2:
+            store.set_tag(sweep.record.parent_id, PAUSE_TAG, "alice@laptop")
+
+    def die_while_paused(run_ids):
+        if sweep.paused_by:
+            raise SystemExit  # the driver dies while paused
+        return snapshots(run_ids)
+
+    grid = {"learning_rate": ["0.01", "0.02"]}
+    sweep = make_sweep(FakeBackend(on_poll=pause_from_elsewhere), grid)
+    snapshots = sweep.record.snapshots
+    sweep.record.snapshots = die_while_paused
+    with pytest.raises(SystemExit):
+        sweep.run()
+    runs = trial_runs(store)
+    assert [r.data.tags.get(PAUSED_TAG) for r in runs] == ["true", "true"]
+    _expire_lease(store, sweep)
+    # A controller taking over would stay paused; a person's command goes on.
+    again = make_sweep(FakeBackend(), grid)
+    assert again.run() == EXIT_OK
+    assert PAUSE_TAG not in parent_of(store, again).data.tags
+    assert sorted(r.info.status for r in trial_runs(store)) == ["FINISHED", "FINISHED"]

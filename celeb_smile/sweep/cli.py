@@ -92,6 +92,11 @@ def build_parser():
     steer.add_argument("--cancel", metavar="SWEEP_ID",
                        help="cancel a sweep's trials in flight (runs KILLED, no pod left) and "
                             "end it")
+    steer.add_argument("--pause", metavar="SWEEP_ID",
+                       help="stop a sweep's trials in flight at their last checkpoint and "
+                            "submit nothing until --resume")
+    steer.add_argument("--resume", metavar="SWEEP_ID",
+                       help="a paused sweep goes on: each paused trial from its checkpoint")
     steer.add_argument("--logs", metavar="SWEEP_ID", help="a detached sweep's controller log")
     steer.add_argument("--run-detached", metavar="DIR", help=argparse.SUPPRESS)  # in its pod
     add("--poll-seconds", type=float, help=argparse.SUPPRESS)  # default: the backend's
@@ -198,7 +203,7 @@ def _main(argv, cleanup) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if args.run_detached:
         return _run_detached(args, console)
-    if args.status or args.attach or args.cancel or args.logs:
+    if args.status or args.attach or args.cancel or args.logs or args.pause or args.resume:
         return _steer(args, console, cleanup)
     return _sweep(args, console, cleanup)
 
@@ -339,7 +344,7 @@ def _steering(cluster: _Cluster, tracking_uri: str, console):
 
 
 def _steer(args, console, cleanup) -> int:
-    """--status, --attach, --cancel, --logs: a detached sweep, from any machine."""
+    """--status, --attach, --cancel, --pause, --resume, --logs: a sweep, from any machine."""
     from celeb_smile.sweep.backends import PreparationError
     from celeb_smile.sweep.connect import TrackingConnectionError
     from celeb_smile.sweep.steer import SweepNotFound
@@ -356,6 +361,10 @@ def _steer(args, console, cleanup) -> int:
             return steering.status()
         if args.attach:
             return steering.attach(args.attach)
+        if args.pause:
+            return steering.pause(args.pause)
+        if args.resume:
+            return steering.resume(args.resume)
         return steering.cancel(args.cancel)
     except (ValueError, TrackingConnectionError, PreparationError, SweepNotFound) as error:
         return fail(str(error))

@@ -19,8 +19,8 @@ from concurrent.futures import Future
 
 from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, DISRUPTIONS_TAG, ERROR_TAG,
                                    EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
-                                   EXIT_TRIAL_FAILED, OUTAGE_PATIENCE_S, STOPPED_TAG,
-                                   SWEEP_RUN_TAG, TrialState)
+                                   EXIT_TRIAL_FAILED, OUTAGE_PATIENCE_S, PAUSE_TAG, PAUSED_TAG,
+                                   STOPPED_TAG, SWEEP_RUN_TAG, TrialState)
 from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep import report
 from celeb_smile.sweep.access import AccessError, grant_trainer
@@ -72,6 +72,7 @@ class SweepController:
         self._wakeup = threading.Event()  # ends the wait for the next poll
         self.lease_wait_s = lease_wait_s  # how long to wait for another holder's lease
         self.cancelled_by = ""  # who asked for the sweep's end (driver.py --cancel)
+        self.paused_by = ""  # who paused it (driver.py --pause): nothing runs until --resume
         self.tracking = Tracking(tracking_uri, self.interrupted, outage_seconds,
                                  on_retry=self._retrying)
         self.client = self.tracking.client
@@ -124,7 +125,7 @@ class SweepController:
         self._lease_renewed = time.monotonic()
         try:
             with _signals_routed(self._on_signal):
-                self._resume(runs)
+                self._resume(runs, parent)
                 self._announce()
                 self._run_trials()
         except HardStop:
@@ -206,8 +207,9 @@ class SweepController:
             highlight=False)
 
     # == picking up where an earlier controller left off =========================================
-    def _resume(self, runs) -> None:
+    def _resume(self, runs, parent) -> None:
         self.trials.extend(self.record.trials(runs, self.backend.adopt))
+        self._take_up_a_pause(parent)
         for trial in self.trials:
             if trial.state in (S.FINISHED, S.STOPPED):
                 for watch in self.policy.series_kept():
@@ -239,7 +241,7 @@ class SweepController:
             self._submit_while_room()
             self.recorder.check()
             self._rewrite_note_now_and_then()
-            if not any(t.state.in_flight for t in self.trials):
+            if not any(t.state.in_flight or t.state == S.PAUSED for t in self.trials):
                 break
             self._keep_lease()
             self.progress.refresh()
@@ -270,6 +272,8 @@ class SweepController:
         rule judges another metric), then the policy's decisions."""
         in_flight = [t for t in self.trials if t.state.in_flight and t.handle is not None]
         if not in_flight:
+            if self.paused_by:  # only the parent: is the pause lifted, or the sweep cancelled?
+                self._read_metrics([])
             return
         calls_before, started = self.backend.calls + self.tracking.calls, time.monotonic()
         if self.backend.remote:  # the cluster and the tracking server answer at the same time
@@ -285,7 +289,7 @@ class SweepController:
                    interval_s=self._poll_interval())
         for trial in in_flight:
             seen = observed.get(trial.index)
-            if seen is None:
+            if seen is None or trial.handle is None:  # or paused by what the read found
                 continue
             if seen.disrupted or seen.relaunch:
                 self._disrupted(trial, seen)
@@ -337,7 +341,7 @@ class SweepController:
         try:  # the parent run in the same query: it may carry a request to cancel
             snapshots = self.record.snapshots([t.run_id for t in trials] +
                                               [self.record.parent_id])
-            self._check_cancelled(snapshots.pop(self.record.parent_id, None))
+            self._check_steering(snapshots.pop(self.record.parent_id, None))
             self._snapshots = snapshots
             for trial in trials:
                 if trial.run_id in snapshots:
@@ -349,15 +353,68 @@ class SweepController:
         except Unavailable as error:
             self._note_unreachable("tracking server", error)
 
-    def _check_cancelled(self, parent) -> None:
-        """`driver.py --cancel` tags the parent run: cancel every trial in flight and end."""
-        asked = parent.tags.get(CANCEL_TAG) if parent is not None else None
+    def _check_steering(self, parent) -> None:
+        """What `driver.py --cancel`, `--pause` and `--resume` asked, on the parent run: cancel
+        every trial in flight and end; stop them at their checkpoints and submit nothing; go
+        on."""
+        if parent is None:
+            return
+        asked = parent.tags.get(CANCEL_TAG)
         if asked and not self.interrupted.is_set():
             self.cancelled_by = asked
             self.ended_because = f"cancelled by {asked}"
             self.console.print(f"[yellow]{self.ended_because}: cancelling the trials in "
                                "flight[/]", highlight=False)
             self._interrupt()
+        paused = parent.tags.get(PAUSE_TAG, "")
+        if paused and not self.paused_by:
+            self._pause(paused)
+        elif not paused and self.paused_by:
+            self.console.print(f"resumed (paused by {self.paused_by}): the paused trials go "
+                               "on from their checkpoints", highlight=False)
+            self.paused_by = ""
+
+    def _take_up_a_pause(self, parent) -> None:
+        """A controller taking over a paused sweep keeps it paused; the sweep's own command,
+        run by a person, lifts the pause."""
+        paused = parent.data.tags.get(PAUSE_TAG, "") if parent is not None else ""
+        if not paused:
+            return
+        if self.hand_over_on_sigterm:
+            self.paused_by = paused
+            self.console.print(f"paused by {paused}: waiting for driver.py --resume",
+                               highlight=False)
+        else:
+            self.tracking.patient("lift the pause", lambda: self.client.delete_tag(
+                self.record.parent_id, PAUSE_TAG))
+
+    def _pause(self, by: str) -> None:
+        """Stop every trial in flight (its pod stops within a training step; its last
+        checkpoint is its last completed epoch) and submit nothing until the pause is lifted."""
+        self.paused_by = by
+        in_flight = [t for t in self.trials if t.state.in_flight and t.handle is not None]
+        self.console.print(f"[yellow]paused by {by}: {len(in_flight)} trials stop at their "
+                           "last checkpoint; nothing new until driver.py --resume[/]",
+                           highlight=False)
+        for trial in in_flight:
+            try:
+                self._retry_backend(f"pause {trial.name}",
+                                    lambda t=trial: self.backend.cancel(t.handle), patience=60)
+            except Unavailable as error:
+                self._end(trial, S.FAILED, f"could not be paused: {error}")
+                continue
+            trial.state, trial.reason, trial.handle = S.PAUSED, f"paused by {by}", None
+            self.tracking.log_tags(trial.run_id, {PAUSED_TAG: "true"})
+            self.progress.event(trial, "PAUSED")
+
+    def _relaunch_paused(self, trial: Trial) -> None:
+        trial.attempt += 1
+        self.tracking.log_tags(trial.run_id, {**self.backend.run_tags(trial),
+                                              ATTEMPT_TAG: str(trial.attempt)})
+        self.tracking.patient("resume a paused trial", lambda: self.client.delete_tag(
+            trial.run_id, PAUSED_TAG))
+        trial.started = time.monotonic()
+        self._launch(trial)
 
     def _behind(self, trial: Trial, run, watch: str | None) -> bool:
         """Whether `run` (a RunSnapshot) logged epochs of the series that `trial` has not read."""
@@ -464,6 +521,11 @@ class SweepController:
 
     # -- submission ------------------------------------------------------------------------------
     def _submit_while_room(self) -> None:
+        if self.paused_by:
+            return
+        paused = [t for t in self.trials if t.state == S.PAUSED]
+        for trial in paused[:max(0, self.policy.room(self.trials))]:
+            self._relaunch_paused(trial)
         while not self._submissions_closed():
             room = self.policy.room(self.trials)
             batch: list[Trial] = []

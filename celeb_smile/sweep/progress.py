@@ -18,11 +18,13 @@ from celeb_smile.constants import TrialState
 STATE_STYLES = {TrialState.FINISHED: "green", TrialState.SKIPPED: "dim green",
                 TrialState.FAILED: "red", TrialState.KILLED: "yellow",
                 TrialState.STOPPED: "magenta", TrialState.RUNNING: "cyan",
-                TrialState.SCHEDULED: "blue", TrialState.PENDING: "dim"}
+                TrialState.SCHEDULED: "blue", TrialState.PENDING: "dim",
+                TrialState.PAUSED: "yellow"}
 STATE_WORDS = {TrialState.PENDING: "pending", TrialState.SCHEDULED: "scheduled",
                TrialState.RUNNING: "running", TrialState.FINISHED: "finished",
                TrialState.FAILED: "failed", TrialState.STOPPED: "stopped early",
-               TrialState.KILLED: "killed", TrialState.SKIPPED: "finished earlier"}
+               TrialState.KILLED: "killed", TrialState.SKIPPED: "finished earlier",
+               TrialState.PAUSED: "paused"}
 REASON_SHOWN = 80  # characters of a reason in a table cell; the run's tag has all of it
 LIVE_ROWS = 15  # trials the live table shows at most: one screen whatever the sweep's size
 ENDED_SHOWN = 3  # the latest ended trials the live table shows however many are in flight

@@ -11,8 +11,8 @@ import time
 from mlflow.entities import Param
 
 from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, CODE_VERSION_TAG, DISRUPTIONS_TAG,
-                                   PARAMS_TAG, REASON_TAG, RUNG_TAG, STOPPED_TAG, SWEEP_ID_TAG,
-                                   SWEEP_RUN_TAG, TRIAL_INDEX_TAG, TrialState)
+                                   PARAMS_TAG, PAUSED_TAG, REASON_TAG, RUNG_TAG, STOPPED_TAG,
+                                   SWEEP_ID_TAG, SWEEP_RUN_TAG, TRIAL_INDEX_TAG, TrialState)
 from celeb_smile.sweep.progress import params_label
 from celeb_smile.sweep.search import combination
 from celeb_smile.sweep.spec import SweepSpec, describe
@@ -119,6 +119,8 @@ class SweepRecord:
         status, tags = run.info.status, run.data.tags
         if status == "FINISHED" and tags.get(CODE_VERSION_TAG) == self.code_version:
             trial.state = S.FINISHED
+        elif tags.get(PAUSED_TAG) and status != "FINISHED":
+            trial.state, trial.reason = S.PAUSED, "paused"
         elif status == "KILLED" and STOPPED_TAG in tags:
             trial.state, trial.reason = S.STOPPED, tags[STOPPED_TAG]
         elif status in ("RUNNING", "SCHEDULED"):
@@ -131,7 +133,9 @@ class SweepRecord:
     @staticmethod
     def _trial_as_recorded(trial: Trial, run) -> Trial:
         status, tags = run.info.status, run.data.tags
-        if status in ("RUNNING", "SCHEDULED"):
+        if tags.get(PAUSED_TAG) and status != "FINISHED":
+            trial.state, trial.reason = S.PAUSED, "paused"
+        elif status in ("RUNNING", "SCHEDULED"):
             trial.state = S.RUNNING if trial.metrics else S.SCHEDULED
         elif status == "KILLED" and STOPPED_TAG in tags:
             trial.state, trial.reason = S.STOPPED, tags[STOPPED_TAG]

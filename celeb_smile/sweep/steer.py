@@ -1,5 +1,6 @@
 """Detached sweeps, watched and steered from any machine with the user's MLflow credentials and
-kubeconfig: `driver.py --status`, `--attach SWEEP_ID`, `--cancel SWEEP_ID`, `--logs SWEEP_ID`.
+kubeconfig: `driver.py --status`, `--attach SWEEP_ID`, `--cancel SWEEP_ID`, `--pause SWEEP_ID`,
+`--resume SWEEP_ID`, `--logs SWEEP_ID`.
 
 Everything is read from where it already is: the namespace's controller Jobs (which sweeps,
 which pods) and MLflow (how each sweep and its trials stand). Attaching only reads; cancelling
@@ -12,7 +13,7 @@ import time
 
 from celeb_smile.constants import (CANCEL_TAG, CODE_VERSION_TAG, COMPONENT_LABEL,
                                    EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIAL_FAILED,
-                                   REASON_TAG, SWEEP_LABEL, TrialState)
+                                   PAUSE_TAG, REASON_TAG, SWEEP_LABEL, TrialState)
 from celeb_smile.sweep import detach, report
 from celeb_smile.sweep.backends.kubernetes import REQUEST_TIMEOUT, TRIAL_COMPONENT, JobWatch
 from celeb_smile.sweep.progress import Progress, counted
@@ -112,11 +113,12 @@ class Steering:
             return f"{sweep_id}  experiment {experiment_id}  (not readable: {error})  {where}"
         experiment = self.client.get_experiment(experiment_id).name
         in_flight = sum(t.state.in_flight for t in trials)
-        done = counted(trials, (S.FINISHED, S.FAILED, S.STOPPED, S.KILLED))
+        done = counted(trials, (S.FINISHED, S.FAILED, S.STOPPED, S.KILLED, S.PAUSED))
         best = report.best_trial(trials, spec.objective)
         metric = spec.objective.metric
         best_text = f"best {metric}={best.metrics[metric]:.4f}" if best else "no best yet"
-        return (f"{sweep_id}  {experiment}  {parent.info.status.lower()}  "
+        state = "paused" if PAUSE_TAG in parent.data.tags else parent.info.status.lower()
+        return (f"{sweep_id}  {experiment}  {state}  "
                 f"{' · '.join(done + [f'{in_flight} in flight']) or 'no trials'}  "
                 f"{best_text}  {where}")
 
@@ -232,6 +234,51 @@ class Steering:
             if not left or time.monotonic() > deadline:
                 return left
             time.sleep(2)
+
+    # -- driver.py --pause / --resume SWEEP_ID ---------------------------------------------
+    def pause(self, sweep_id: str) -> int:
+        """Ask the sweep's controller to stop its trials at their last checkpoint; wait until
+        none is in flight."""
+        experiment_id, parent = self._running(sweep_id)
+        if parent is None:
+            return EXIT_BAD_INPUT
+        self.tracking.patient("ask for the pause", lambda: self.client.set_tag(
+            parent.info.run_id, PAUSE_TAG, detach.who()))
+        deadline = time.monotonic() + CANCEL_WAIT_S
+        while time.monotonic() < deadline:
+            _, trials, _ = self.trials(experiment_id, sweep_id)
+            if not any(t.state.in_flight for t in trials):
+                paused = sum(t.state == S.PAUSED for t in trials)
+                self.console.print(f"sweep {sweep_id} paused: {paused} trials stopped at their "
+                                   f"last checkpoint; driver.py --resume {sweep_id} goes on",
+                                   highlight=False)
+                return EXIT_OK
+            time.sleep(2)
+        self.console.print(f"sweep {sweep_id}: asked to pause, but trials are still in flight "
+                           f"after {CANCEL_WAIT_S}s (is its controller running? --status)")
+        return EXIT_TRIAL_FAILED
+
+    def resume(self, sweep_id: str) -> int:
+        """Lift a pause: the controller relaunches each paused trial from its checkpoint."""
+        experiment_id, parent = self.find(sweep_id)
+        if PAUSE_TAG not in parent.data.tags:
+            self.console.print(f"sweep {sweep_id} is not paused")
+            return EXIT_OK
+        self.tracking.patient("lift the pause", lambda: self.client.delete_tag(
+            parent.info.run_id, PAUSE_TAG))
+        alive = parent.info.status == "RUNNING" and self.tracking.lease_holder(parent)
+        self.console.print(f"sweep {sweep_id} resumed: " + (
+            "its controller relaunches the paused trials from their checkpoints" if alive else
+            "no controller runs it now: run the sweep's own command to go on"),
+            highlight=False)
+        return EXIT_OK
+
+    def _running(self, sweep_id: str):
+        experiment_id, parent = self.find(sweep_id)
+        if parent.info.status != "RUNNING":
+            self.console.print(f"sweep {sweep_id} already ended {parent.info.status}")
+            return experiment_id, None
+        return experiment_id, parent
 
     # -- driver.py --logs SWEEP_ID ---------------------------------------------------------
     def logs(self, sweep_id: str) -> int:

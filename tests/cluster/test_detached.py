@@ -129,3 +129,34 @@ def test_cancel_kills_the_trials_leaves_no_pod_and_says_who(cluster_stack, detac
                                  f"{SWEEP_LABEL}={sweep_id},{COMPONENT_LABEL}=training",
                                  "-o", "name").stdout.split()
     assert pods == []
+
+
+def test_a_paused_sweep_resumes_every_trial_from_its_checkpoint(cluster_stack, detached):
+    experiment = f"detached-pause-{int(time.time())}"
+    epochs = 12
+    sweep_id = detached(experiment, "--grid", "seed=1,2", "--max-parallel", "2",
+                        "--param", f"epochs={epochs}", "--param", "training_samples=512",
+                        "--param", "validation_samples=32")
+    client = MlflowClient(cluster_stack.tracking_uri)
+    wait_for(lambda: training_runs(client, experiment, 2), "two trials training", 600)
+
+    paused = steer(cluster_stack, "--pause", sweep_id)
+    assert paused.returncode == 0, paused.stdout[-3000:] + paused.stderr[-2000:]
+    assert f"sweep {sweep_id} paused: 2 trials stopped at their last checkpoint" in paused.stdout
+    assert cluster_stack.kubectl("get", "pods", "-l",
+                                 f"{SWEEP_LABEL}={sweep_id},{COMPONENT_LABEL}=training",
+                                 "-o", "name").stdout.split() == []
+    status = steer(cluster_stack, "--status").stdout
+    assert f"{sweep_id}  {experiment}  paused  2 paused" in status
+
+    resumed = steer(cluster_stack, "--resume", sweep_id)
+    assert "its controller relaunches the paused trials" in resumed.stdout, resumed.stdout
+    parent = wait_for(lambda: ended(client, experiment), "the sweep's end", 900)
+    assert parent.info.status == "FINISHED"
+    _, _, children = runs_on(cluster_stack, experiment)
+    assert sorted(c.info.status for c in children) == ["FINISHED"] * 2
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert sorted(steps) == list(range(epochs))  # no epoch logged twice
+        log = open(client.download_artifacts(child.info.run_id, "logs/trial.log")).read()
+        assert re.search(r"resumed (at epoch \d+|after its last epoch)", log), log[-2000:]

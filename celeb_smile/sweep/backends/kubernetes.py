@@ -16,7 +16,7 @@ from pathlib import Path
 import yaml
 
 from celeb_smile.constants import (COMPONENT_LABEL, EXIT_TERMINATED, JOB_TAG, RUN_LABEL,
-                                   SWEEP_LABEL, TrialState)
+                                   SWEEP_ENV, SWEEP_LABEL, TrialState)
 from celeb_smile.sweep.backends import (LaunchError, Observation, PreparationError,
                                         entry_point_argv, run_docker)
 from celeb_smile.sweep.spec import PROJECT_DIR, project
@@ -115,6 +115,7 @@ class KubernetesBackend:
         container.setdefault("env", [])
         container["env"] += [{"name": k, "value": v} for k, v in {
             "MLFLOW_RUN_ID": trial.run_id, "MLFLOW_EXPERIMENT_ID": experiment_id,
+            SWEEP_ENV: self.sweep_id,
             "MLFLOW_TRACKING_URI": self.cluster_tracking_uri}.items()]
         if trial.params.get("dataset") != "celeb_a":
             _drop_volumes(pod["spec"], DATA_VOLUMES)

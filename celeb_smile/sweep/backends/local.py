@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from celeb_smile.constants import EXIT_TERMINATED, PID_TAG, TRAINER_HTTP_ENV, TrialState
+from celeb_smile.constants import (EXIT_TERMINATED, PID_TAG, SWEEP_ENV, TRAINER_HTTP_ENV,
+                                   TrialState)
 from celeb_smile.sweep.backends import Observation, entry_point_argv
 from celeb_smile.sweep.processes import alive
 from celeb_smile.sweep.spec import PROJECT_DIR
@@ -48,6 +49,7 @@ class LocalBackend:
     def launch(self, trial, experiment_id: str, tracking_uri: str) -> LocalTrial:
         log_path = self.log_dir / f"trial-{trial.index:02d}-{trial.run_id[:8]}.log"
         env = dict(os.environ, MLFLOW_RUN_ID=trial.run_id, MLFLOW_EXPERIMENT_ID=experiment_id,
+                   **{SWEEP_ENV: trial.sweep_id},
                    MLFLOW_TRACKING_URI=tracking_uri, **TRAINER_HTTP_ENV)
         argv = entry_point_argv(trial.params)
         argv[0] = sys.executable if argv[0] == "python" else argv[0]
