@@ -234,7 +234,7 @@ def _sweep(args, console, cleanup) -> int:
             raise ValueError(f"--warm-start seeds an adaptive search (search: tpe), not "
                              f"{spec.search}")
         if remote:
-            cluster = _cluster(args)
+            cluster = _Cluster(args)
             backend = cluster.backend(spec.sweep_id(), build=not args.no_build)
             tracking_uri = _connect(cluster, console, cleanup)
         else:
@@ -295,20 +295,23 @@ class _Cluster:
                              or os.environ.get("KUBE_MLFLOW_TRACKING_URI")
                              or in_cluster_tracking_uri(self.namespace))
 
-    def backend(self, sweep_id: str, build: bool = True, image_ref: str | None = None):
+    def backend(self, sweep_id: str, build: bool = True):
         from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
 
-        return KubernetesBackend(self.config_path, self.tracking_uri, sweep_id, build=build,
+        return KubernetesBackend(self.config_path, self.tracking_uri, sweep_id, build=build)
+
+    @staticmethod
+    def backend_from(config_path, tracking_uri: str, sweep_id: str, image_ref: str):
+        """A detached controller's backend: the image as the laptop pushed it."""
+        from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
+
+        return KubernetesBackend(config_path, tracking_uri, sweep_id, build=False,
                                  image_ref=image_ref)
 
     def clients(self):
         from celeb_smile.sweep.backends.kubernetes import kubernetes_clients
 
         return kubernetes_clients(self.context)
-
-
-def _cluster(args) -> _Cluster:
-    return _Cluster(args)
 
 
 def _connect(cluster: _Cluster | None, console, cleanup) -> str:
@@ -350,7 +353,7 @@ def _steer(args, console, cleanup) -> int:
     from celeb_smile.sweep.steer import SweepNotFound
 
     try:
-        cluster = _cluster(args)
+        cluster = _Cluster(args)
         if args.logs:  # the cluster's alone: no tracking server needed
             from celeb_smile.sweep.steer import Steering
 
@@ -434,7 +437,6 @@ def _run_detached(args, console) -> int:
     """The controller in its pod: the sweep as the laptop handed it over. Exit 0 once the
     sweep has ended, whatever its outcome (that is MLflow's to tell); anything else makes the
     Job start another pod, which takes over."""
-    import threading
     from pathlib import Path
 
     from celeb_smile.sweep import detach
@@ -447,10 +449,8 @@ def _run_detached(args, console) -> int:
     args.pending_timeout, args.outage_timeout = options.pending_timeout, options.outage_timeout
     args.poll_seconds, args.max_disruptions = options.poll_seconds, options.max_disruptions
     os.environ["MLFLOW_TRACKING_URI"] = options.tracking_uri
-    from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
-
-    backend = KubernetesBackend(config_path, options.tracking_uri, spec.sweep_id(), build=False,
-                                image_ref=options.image_ref)
+    backend = _Cluster.backend_from(config_path, options.tracking_uri, spec.sweep_id(),
+                                    options.image_ref)
     console.print(f"controller of sweep {spec.sweep_id()}, started by {options.started_by}; "
                   f"tracking {options.tracking_uri}", highlight=False)
     controller = _controller(args, spec, backend, console, options.tracking_uri,

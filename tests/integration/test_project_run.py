@@ -184,13 +184,18 @@ def wait_for_epochs(process, client, run_id, count: int, timeout: float = 300) -
 LONG_EPOCHS = dict(LEARNING_PARAMS, epochs="50", training_samples="3000")
 
 
-def test_sigterm_mid_epoch_ends_the_run_killed_with_the_reason_and_exits_143(mlflow_server):
-    process, client, run_id = start_training(mlflow_server, LONG_EPOCHS)
-    before = wait_for_epochs(process, client, run_id, 1)
+def terminate(process) -> str:
+    """SIGTERM to a training process; what it printed, once it exited 143."""
     process.send_signal(signal.SIGTERM)
     output, _ = process.communicate(timeout=120)
     assert process.returncode == EXIT_TERMINATED, output[-3000:]
-    assert "error: terminated by SIGTERM" in output
+    return output
+
+
+def test_sigterm_mid_epoch_ends_the_run_killed_with_the_reason_and_exits_143(mlflow_server):
+    process, client, run_id = start_training(mlflow_server, LONG_EPOCHS)
+    before = wait_for_epochs(process, client, run_id, 1)
+    assert "error: terminated by SIGTERM" in terminate(process)
     run = client.get_run(run_id)
     assert run.info.status == "KILLED"
     assert run.data.tags[REASON_TAG].startswith("terminated by SIGTERM")
@@ -204,10 +209,7 @@ def test_a_run_ended_by_the_driver_before_the_sigterm_is_left_as_the_driver_left
     wait_for_epochs(process, client, run_id, 1)
     client.set_tag(run_id, REASON_TAG, "stopped by asha at epoch 1")
     client.set_terminated(run_id, "FAILED")  # a status train.py itself never writes on SIGTERM
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == EXIT_TERMINATED, output[-3000:]
-    assert "already ended FAILED: left as it is" in output
+    assert "already ended FAILED: left as it is" in terminate(process)
     run = client.get_run(run_id)
     assert run.info.status == "FAILED"
     assert run.data.tags[REASON_TAG] == "stopped by asha at epoch 1"
@@ -251,9 +253,7 @@ def resumed_run(mlflow_server):
     after the stop, the second process)."""
     process, client, run_id = start_training(mlflow_server, RESUMED_PARAMS)
     wait_for_checkpoint(process, client, run_id, 2)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == EXIT_TERMINATED, output[-3000:]
+    terminate(process)
     assert client.get_run(run_id).info.status == "KILLED"
     after_stop = checkpoint_record(client, run_id)
     client.update_run(run_id, "RUNNING")
@@ -313,9 +313,6 @@ def test_sigterm_to_a_sweeps_trial_leaves_its_run_to_the_sweeps_controller(mlflo
     monkeypatch.setenv(SWEEP_ENV, "0123456789ab")
     process, client, run_id = start_training(mlflow_server, LONG_EPOCHS)
     wait_for_epochs(process, client, run_id, 1)
-    process.send_signal(signal.SIGTERM)
-    output, _ = process.communicate(timeout=120)
-    assert process.returncode == EXIT_TERMINATED, output[-3000:]
-    assert "the run is left to sweep 0123456789ab's controller" in output
+    assert "the run is left to sweep 0123456789ab's controller" in terminate(process)
     run = client.get_run(run_id)
     assert run.info.status == "RUNNING" and REASON_TAG not in run.data.tags
