@@ -3,14 +3,12 @@ max-parallel, the failures budget, retried and failed submissions, a deleted Job
 dead driver's trials, cancellation, the lease."""
 
 import io
-import shutil
 import signal
 import threading
 import time
 
 import mlflow
 import pytest
-from mlflow import MlflowClient
 from rich.console import Console
 
 from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, CODE_VERSION_TAG, DISRUPTIONS_TAG,
@@ -27,25 +25,6 @@ from celeb_smile.sweep.spec import EarlyStopping, SweepSpec
 from celeb_smile.sweep.tracking import RunSnapshot
 from celeb_smile.sweep.trial import Trial
 from tests.helpers.fake_backend import ADOPT_TAG, EVICTED, UNSCHEDULABLE, FakeBackend
-
-
-@pytest.fixture(scope="module")
-def empty_store(tmp_path_factory):
-    """A migrated, empty sqlite store (creating one takes seconds: copy it per test)."""
-    path = tmp_path_factory.mktemp("store") / "mlflow.db"
-    MlflowClient(f"sqlite:///{path}").search_experiments()
-    return path
-
-
-@pytest.fixture
-def store(empty_store, tmp_path, monkeypatch):
-    shutil.copy(empty_store, tmp_path / "mlflow.db")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.chdir(tmp_path)  # plots and logs of the report land here
-    mlflow.set_tracking_uri(uri)
-    yield MlflowClient(uri)
-    mlflow.end_run()
 
 
 def make_sweep(backend, grid, **settings) -> SweepController:
