@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from celeb_smile.constants import TrialState
-from celeb_smile.sweep.search import make_search
+from celeb_smile.sweep.search import TPESearch, make_search
 from celeb_smile.sweep.spec import SweepSpec
 from celeb_smile.sweep.trial import Trial
 
@@ -182,3 +182,18 @@ def test_tpe_concentrates_near_the_optimum_better_than_random(seed):
     assert late_quality(tpe) > late_quality(random) + 0.1
     assert max(map(toy_accuracy, (t.params for t in tpe))) >= max(
         map(toy_accuracy, (t.params for t in random)))
+
+
+def test_tpe_goes_on_with_unseen_points_when_it_keeps_proposing_tried_ones():
+    """Near its optimum TPE proposes, at the spelling's precision, values already tried; the
+    sweep goes on with points nobody tried while the space has any (it used to end early)."""
+    spec = SweepSpec(params={"epochs": "2"}, search="tpe", max_trials=11, seed=3,
+                     random_space={"learning_rate": {"loguniform": [0.001, 0.0011]}})
+    search = TPESearch(spec)
+    trials = []
+    while suggestion := search.get_suggestions(trials, 1):
+        value = float(suggestion[0]["learning_rate"])
+        trials.append(Trial(len(trials) + 1, suggestion[0], state=TrialState.FINISHED,
+                            metrics={"val_accuracy": -abs(value - 0.00105)}))
+    spelled = {t.params["learning_rate"] for t in trials}
+    assert len(spelled) == len(trials) == 11  # 0.001, 0.00101, ..., 0.0011: all of them

@@ -70,6 +70,7 @@ class TPESearch:
         self.spec = spec
         self.fixed = normalised(spec.params)
         self.distributions = _distributions(spec)
+        self._values_of: dict[tuple, dict | None] = {}  # a trial's params -> its space values
         # What a trial must share with this sweep for its result to mean something here.
         self._baseline = {name: value for name, value in resolved(self.fixed).items()
                           if name not in self.distributions}
@@ -99,10 +100,27 @@ class TPESearch:
                     break
                 study.tell(asked, state=optuna.trial.TrialState.FAIL)  # a repeat: ask again
             else:
-                break
+                # TPE keeps proposing values already tried (near its optimum, at the spelling's
+                # precision): a random point of a space that is not exhausted goes on instead.
+                values = self._unseen_random_point(seen, len(study.get_trials(deepcopy=False)))
+                if values is None:
+                    break
             seen.add(self._key(values))
             suggestions.append({**self.fixed, **values})  # stays RUNNING: the liar sees it
         return suggestions
+
+    def _unseen_random_point(self, seen: set, salt: int) -> dict | None:
+        """Seeded by the sweep and how much it knows, as the sampler: the same trials in, the
+        same suggestion out."""
+        import random
+
+        rng = random.Random(self.spec.seed * 1_000_003 + salt)
+        for _ in range(MAX_ATTEMPTS):
+            values = {name: self._spell(name, _draw_from(rng, dist))
+                      for name, dist in self.distributions.items()}
+            if self._key(values) not in seen:
+                return values
+        return None
 
     def _study(self, trials: list[Trial]):
         import optuna
@@ -129,7 +147,14 @@ class TPESearch:
 
     def _space_values(self, trial: Trial) -> dict | None:
         """The trial's searched values as Optuna holds them; None if it ran another problem
-        (other fixed values) or lies outside the space."""
+        (other fixed values) or lies outside the space. Worked out once per parameter set:
+        every ask reads every trial's."""
+        key = tuple(sorted(trial.params.items()))
+        if key not in self._values_of:
+            self._values_of[key] = self._space_values_of(trial)
+        return self._values_of[key]
+
+    def _space_values_of(self, trial: Trial) -> dict | None:
         params = self._resolved(trial)
         if params is None:
             return None
@@ -191,6 +216,19 @@ def _distributions(spec: SweepSpec) -> dict:
             distributions[name] = FloatDistribution(float(args[0]), float(args[1]),
                                                     log=kind == "loguniform")
     return distributions
+
+
+def _draw_from(rng, distribution):
+    """A uniform draw from an Optuna distribution (log-uniform where it is on a log scale)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return rng.choice(distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return rng.randint(distribution.low, distribution.high)
+    if distribution.log:
+        return math.exp(rng.uniform(math.log(distribution.low), math.log(distribution.high)))
+    return rng.uniform(distribution.low, distribution.high)
 
 
 def _optuna_value(distribution, text: str):
