@@ -9,6 +9,7 @@ import time
 
 import mlflow
 import pytest
+from mlflow.exceptions import RestException
 from rich.console import Console
 
 from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, CODE_VERSION_TAG, DISRUPTIONS_TAG,
@@ -591,3 +592,25 @@ def test_the_sweeps_own_command_lifts_a_pause_that_a_controller_taking_over_keep
     assert again.run() == EXIT_OK
     assert PAUSE_TAG not in parent_of(store, again).data.tags
     assert sorted(r.info.status for r in trial_runs(store)) == ["FINISHED", "FINISHED"]
+
+
+def test_a_retried_write_whose_first_attempt_went_through_is_not_a_refusal(store):
+    """Under load a trial's parameters may be stored while the answer is lost; the retry is
+    refused (MLflow logs a parameter once): they are there, so that is success."""
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01"]})
+    log_batch, attempts = sweep.client.log_batch, []
+
+    def stored_then_lost_then_refused(run_id, **batch):
+        if "tags" not in batch or not batch.get("params"):  # not a trial's params
+            return log_batch(run_id, **batch)
+        attempts.append(1)
+        if len(attempts) == 1:
+            log_batch(run_id, **batch)
+            raise ConnectionError("read timed out")
+        raise RestException({"error_code": "INVALID_PARAMETER_VALUE",
+                             "message": "duplicate key value violates unique constraint"})
+
+    sweep.client.log_batch = stored_then_lost_then_refused
+    assert sweep.run() == EXIT_OK
+    assert len(attempts) == 2
+    assert [r.info.status for r in trial_runs(store)] == ["FINISHED"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import RestException
 
 from celeb_smile.constants import LEASE_TAG, SUBMISSION_TAG, SWEEP_ID_TAG
 from celeb_smile.retry import Unavailable, retrying, tracking_transient
@@ -194,12 +195,27 @@ class Tracking:
 
     def log_tags(self, run_id: str, tags: dict[str, str],
                  params: dict[str, str] | None = None) -> None:
-        """Tags (and parameters) in one request; nothing to log, no request."""
+        """Tags (and parameters) in one request; nothing to log, no request. A retry after a
+        lost answer finds the parameters logged already: that is success, not a refusal."""
         if not tags and not params:
             return
-        self.patient("log tags and parameters", lambda: self.client.log_batch(
-            run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
-            params=[Param(k, v) for k, v in (params or {}).items()]))
+        attempts = []
+
+        def log():
+            attempts.append(1)
+            try:
+                self.client.log_batch(
+                    run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()],
+                    params=[Param(k, v) for k, v in (params or {}).items()])
+            except RestException:
+                if len(attempts) == 1 or not params or not self._logged(run_id, params):
+                    raise
+
+        self.patient("log tags and parameters", log)
+
+    def _logged(self, run_id: str, params: dict[str, str]) -> bool:
+        logged = self.client.get_run(run_id).data.params
+        return all(logged.get(name) == value for name, value in params.items())
 
     def log_text(self, run_id: str, text: str, path: str) -> None:
         self.patient(f"save {path}", lambda: self.client.log_text(run_id, text, path))
