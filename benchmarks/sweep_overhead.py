@@ -20,6 +20,7 @@ N tiny synthetic trials at parallelism P. From the driver's own per-poll statist
 Needs the k8s/ stack deployed (`make images deploy`) and MLFLOW_TRACKING_URI (or the driver's
 own connection) plus the credentials the driver uses:
     .venv/bin/python benchmarks/sweep_overhead.py --trials 24 --parallel 4
+    .venv/bin/python benchmarks/sweep_overhead.py --detached ...   # the controller as a Job
 """
 
 import argparse
@@ -51,11 +52,13 @@ TINY = {"epochs": "2", "training_samples": "128", "validation_samples": "32",
 def run_driver(experiment: str, args, stats: Path) -> float:
     trials, parallel = args.trials, args.parallel
     extra = ["--no-build"] if args.no_build else []
+    # Detached, the controller's statistics stay in its pod: only MLflow's figures are read.
+    extra += ["--detach"] if args.detached else ["--stats-file", str(stats)]
     command = [sys.executable, str(PROJECT_DIR / "driver.py"), "--backend", "kubernetes",
                "--backend-config", args.backend_config,
                "--experiment", experiment, "--max-parallel", str(parallel),
                "--grid", "seed=" + ",".join(str(s) for s in range(1, trials + 1)),
-               "--poll-seconds", "2", "--stats-file", str(stats), *extra]
+               "--poll-seconds", "2", *extra]
     for name, value in TINY.items():
         command += ["--param", f"{name}={value}"]
     started = time.monotonic()
@@ -108,6 +111,9 @@ def main() -> None:
     parser.add_argument("--no-build", action="store_true", help="use the pushed image")
     parser.add_argument("--backend-config", default=str(PROJECT_DIR / "kubernetes_config.json"),
                         help="e.g. .deploy/<namespace>/kubernetes_config.json")
+    parser.add_argument("--detached", action="store_true",
+                        help="the sweep's controller in the cluster (driver.py --detach): "
+                             "the figures MLflow records (wall time, refill gaps, tail)")
     parser.add_argument("--runs", type=int, default=3,
                         help="sweeps one after the other; wall_vs_ideal is their median (the "
                              "last wave's imbalance moves a single run by +-0.02)")
@@ -127,14 +133,30 @@ def one_sweep(args) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         stats = Path(tmp) / "stats.jsonl"
         driver_s = run_driver(experiment, args, stats)
-        stats_lines = read_stats(stats)
+        stats_lines = [] if args.detached else read_stats(stats)
     with ExitStack() as stack:
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not tracking_uri:  # as the driver did: through the Kubernetes API
             namespace, context = _job_namespace_and_context(args.backend_config)
             tracking_uri = stack.enter_context(
                 connect_to_tracking_server(namespace, context=context)).uri
-        return report(MlflowClient(tracking_uri), experiment, args, driver_s, stats_lines)
+        client = MlflowClient(tracking_uri)
+        if args.detached:
+            wait_for_the_end(client, experiment)
+        return report(client, experiment, args, driver_s, stats_lines)
+
+
+def wait_for_the_end(client, experiment: str, timeout: float = 3600) -> None:
+    """Until the detached sweep's parent run has ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([found.experiment_id]) if found else []
+        if any(SWEEP_ID_TAG in r.data.tags and "mlflow.parentRunId" not in r.data.tags
+               and r.info.status != "RUNNING" for r in runs):
+            return
+        time.sleep(5)
+    sys.exit(f"the detached sweep of {experiment} did not end within {timeout:.0f}s")
 
 
 def report(client, experiment, args, driver_s, stats) -> float:
@@ -158,8 +180,10 @@ def report(client, experiment, args, driver_s, stats) -> float:
         by_in_flight.setdefault(poll["in_flight"], []).append(poll["api_calls"])
     print(f"trials: {len(trials)}")
     print(f"parallel: {args.parallel}")
-    print(f"submission_s_mean: {statistics.mean(submits):.2f}")
-    print(f"submission_s_max: {max(submits):.2f}")
+    print(f"controller: {'detached (a Job in the cluster)' if args.detached else 'this machine'}")
+    if submits:
+        print(f"submission_s_mean: {statistics.mean(submits):.2f}")
+        print(f"submission_s_max: {max(submits):.2f}")
     print(f"submit_to_first_metric_s_mean: {statistics.mean(to_metric):.1f}")
     print(f"trial_s_mean: {statistics.mean(durations):.1f}")
     print(f"sweep_wall_s: {wall:.1f}")
@@ -167,14 +191,16 @@ def report(client, experiment, args, driver_s, stats) -> float:
     print(f"wall_vs_ideal: {wall / ideal:.2f}")
     starts = sorted(r.info.start_time / 1000 for r in trials)
     ends = sorted(r.info.end_time / 1000 for r in trials)
-    began = next(line["t"] for line in stats if "started" in line)
+    began = next((line["t"] for line in stats if "started" in line),
+                 parent.info.start_time / 1000)  # detached: from its parent run's start
     print(f"startup_s: {starts[0] - began:.1f}")
     gaps = refill_gaps(starts, ends, args.parallel)
     print(f"refill_gap_s_mean: {statistics.mean(gaps):.1f} (max {max(gaps):.1f})")
-    seen = seen_after_end(stats, trials)
-    print(f"end_seen_after_s_mean: {statistics.mean(seen):.2f} (max {max(seen):.2f})")
-    print(f"poll_s_mean: {statistics.mean(p['poll_s'] for p in poll_stats):.2f}")
-    print(f"poll_late_s_mean: {statistics.mean(poll_lateness(poll_stats)):.2f}")
+    if poll_stats:
+        seen = seen_after_end(stats, trials)
+        print(f"end_seen_after_s_mean: {statistics.mean(seen):.2f} (max {max(seen):.2f})")
+        print(f"poll_s_mean: {statistics.mean(p['poll_s'] for p in poll_stats):.2f}")
+        print(f"poll_late_s_mean: {statistics.mean(poll_lateness(poll_stats)):.2f}")
     print(f"tail_s: {parent.info.end_time / 1000 - ends[-1]:.1f}")
     for in_flight in sorted(by_in_flight):
         calls = by_in_flight[in_flight]
