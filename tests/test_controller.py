@@ -614,3 +614,30 @@ def test_a_retried_write_whose_first_attempt_went_through_is_not_a_refusal(store
     assert sweep.run() == EXIT_OK
     assert len(attempts) == 2
     assert [r.info.status for r in trial_runs(store)] == ["FINISHED"]
+
+
+def test_a_slow_ask_of_an_adaptive_search_never_holds_up_the_polls(store):
+    """TPE's ask is prepared beside the loop: while one is held, the loop goes on polling the
+    trial in flight (asked inline, the polls would wait for it and the guard would break)."""
+    spec = SweepSpec(experiment="unit", params={"epochs": "3"}, search="tpe", seed=1,
+                     random_space={"learning_rate": {"loguniform": [0.001, 0.05]}},
+                     max_trials=3, max_parallel=1)
+    backend = FakeBackend()
+    sweep = SweepController(spec, backend, Console(file=io.StringIO()), poll_seconds=0,
+                            tracking_uri=mlflow.get_tracking_uri())
+    ask, asks, polled_while_asking = sweep.policy.search.get_suggestions, [], []
+
+    def slow_ask(known, n):
+        asks.append(n)
+        if len(asks) > 1:  # the first wave's ask has nothing to hold up
+            polls = backend.polls
+            deadline = time.monotonic() + 60  # a hang guard, not a speed figure
+            while backend.polls < polls + 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            polled_while_asking.append(backend.polls - polls)
+        return ask(known, n)
+
+    sweep.policy.search.get_suggestions = slow_ask
+    assert sweep.run() == EXIT_OK
+    assert polled_while_asking and min(polled_while_asking) >= 2
+    assert len(sweep.trials) == 3 and len({t.params["learning_rate"] for t in sweep.trials}) == 3

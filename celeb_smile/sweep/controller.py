@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future
 
 from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, DISRUPTIONS_TAG, ERROR_TAG,
                                    EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
@@ -29,8 +28,10 @@ from celeb_smile.sweep.backends import code_version as current_code_version
 from celeb_smile.sweep.policy import Policy
 from celeb_smile.sweep.progress import Progress
 from celeb_smile.sweep.record import SweepRecord
-from celeb_smile.sweep.recorder import Recorder
+from celeb_smile.sweep.recorder import Recorder, beside
 from celeb_smile.sweep.result import SweepResult
+from celeb_smile.sweep.spec import ADAPTIVE
+from celeb_smile.sweep.suggester import Suggester
 from celeb_smile.sweep.tracking import Tracking
 from celeb_smile.sweep.trial import Trial
 
@@ -78,6 +79,7 @@ class SweepController:
         self.client = self.tracking.client
         self.record = SweepRecord(self.tracking, spec, code_version or current_code_version())
         self.policy = Policy(spec)
+        self.suggester = Suggester(self.policy, beside_the_loop=spec.strategy() in ADAPTIVE)
         self.trials: list[Trial] = []
         self.warm: list[Trial] = []  # earlier sweeps' runs that seed an adaptive search
         self.status = None  # the parent's final status
@@ -241,7 +243,8 @@ class SweepController:
             self._submit_while_room()
             self.recorder.check()
             self._rewrite_note_now_and_then()
-            if not any(t.state.in_flight or t.state == S.PAUSED for t in self.trials):
+            if not any(t.state.in_flight or t.state == S.PAUSED for t in self.trials) and \
+                    not self.suggester.asking:
                 break
             self._keep_lease()
             self.progress.refresh()
@@ -277,7 +280,7 @@ class SweepController:
             return
         calls_before, started = self.backend.calls + self.tracking.calls, time.monotonic()
         if self.backend.remote:  # the cluster and the tracking server answer at the same time
-            observing = _beside(lambda: self._observe(in_flight), "sweep-observe")
+            observing = beside(lambda: self._observe(in_flight), "sweep-observe")
             self._read_metrics(in_flight)
             observed = observing.result()
         else:  # a local observation is a process check
@@ -528,6 +531,7 @@ class SweepController:
             self._relaunch_paused(trial)
         while not self._submissions_closed():
             room = self.policy.room(self.trials)
+            self.suggester.prepare(self.trials + self.warm, room)
             batch: list[Trial] = []
             while len(batch) < room:
                 trial = self._next_trial(batch)
@@ -535,6 +539,8 @@ class SweepController:
                     break
                 if trial.state == S.PENDING:
                     batch.append(trial)
+            # The next suggestions, prepared while the loop polls (the next slot to free).
+            self.suggester.prepare(self.trials + self.warm, max(1, room - len(batch)))
             if not batch:
                 return
             self._submit(batch)
@@ -545,7 +551,9 @@ class SweepController:
         pending = [t for t in self.trials if t.state == S.PENDING and t not in chosen]
         if pending:
             return pending[0]
-        params = self.policy.suggest(self.trials + self.warm)
+        # Nothing in flight, nothing to poll: then waiting for the ask delays nothing.
+        idle = not any(t.state.in_flight for t in self.trials)
+        params = self.suggester.take(self.trials + self.warm, wait=idle)
         if params is None:
             return None
         trial = Trial(max((t.index for t in self.trials), default=0) + 1, params,
@@ -564,7 +572,7 @@ class SweepController:
         """Create the trials' runs at the same time (tracking calls, on threads), then launch
         them one by one from this thread: a wave of P trials does not wait for P submissions
         in a row, and no Job is ever created behind a second Ctrl-C's clean-up."""
-        creating = [(trial, _beside(lambda t=trial: self._create_run(t), f"sweep-{trial.name}"))
+        creating = [(trial, beside(lambda t=trial: self._create_run(t), f"sweep-{trial.name}"))
                     for trial in trials]
         for trial, created in creating:
             try:
@@ -761,21 +769,6 @@ class SweepController:
         if self.interrupted.is_set():
             return "KILLED"
         return "FAILED" if self.failures() else "FINISHED"
-
-
-def _beside(call, name: str) -> Future:
-    """`call` on a daemon thread (a second Ctrl-C never waits for it); the future's result()
-    is its value or raises its error in the caller's thread."""
-    future: Future = Future()
-
-    def work():
-        try:
-            future.set_result(call())
-        except BaseException as error:  # noqa: BLE001 - raised again by result()
-            future.set_exception(error)
-
-    threading.Thread(target=work, name=name, daemon=True).start()
-    return future
 
 
 def _backend_transient(error: BaseException) -> bool:

@@ -1,9 +1,11 @@
-"""The sweep's slow writes (an ended trial's log, tags, status and Job clean-up; the parent
-run's description) done in order on one background thread, so the polling loop only observes,
-decides and submits, and a freed slot is refilled within one poll."""
+"""Work beside the polling loop: the sweep's slow writes (an ended trial's log, tags, status
+and Job clean-up; the parent run's description) done in order on one background thread, so the
+loop only observes, decides and submits, and a freed slot is refilled within one poll; and a
+single call on a thread of its own (`beside`)."""
 
 import queue
 import threading
+from concurrent.futures import Future
 
 
 class Recorder:
@@ -55,3 +57,18 @@ class Recorder:
                 self.error = error
             finally:
                 self._jobs.task_done()
+
+
+def beside(call, name: str) -> Future:
+    """`call` on a daemon thread of its own (a second Ctrl-C never waits for it); the future's
+    result() is its value or raises its error in the caller's thread."""
+    future: Future = Future()
+
+    def work():
+        try:
+            future.set_result(call())
+        except BaseException as error:  # noqa: BLE001 - raised again by result()
+            future.set_exception(error)
+
+    threading.Thread(target=work, name=name, daemon=True).start()
+    return future
