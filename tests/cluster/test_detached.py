@@ -67,9 +67,9 @@ def test_a_detached_sweep_runs_to_its_end_with_nobody_attached(cluster_stack, de
     assert parent.info.status == "FINISHED"
     assert sorted(c.info.status for c in children) == ["FINISHED"] * 3
     assert len(sweep_jobs(cluster_stack, sweep_id)) == 3
-    job = cluster_stack.kubectl("get", "job", detach.controller_job_name(sweep_id), "-o",
-                                "jsonpath={.status.succeeded}").stdout
-    assert job == "1"  # the controller exited 0 once its sweep ended
+    wait_for(lambda: cluster_stack.kubectl(  # the controller exits 0 once its sweep ended
+        "get", "job", detach.controller_job_name(sweep_id), "-o",
+        "jsonpath={.status.succeeded}").stdout == "1", "the controller's Job to succeed", 120)
 
     status = steer(cluster_stack, "--status")
     line = next(line for line in status.stdout.splitlines() if line.startswith(sweep_id))
