@@ -186,13 +186,15 @@ def test_a_trial_whose_pod_is_deleted_goes_on_in_another_pod_from_its_checkpoint
     experiment = f"cluster-disrupted-{int(time.time())}"
     epochs = 5
     process = start_driver(cluster_stack, "--experiment", experiment, "--no-build",
-                           "--param", f"epochs={epochs}", "--param", "training_samples=1024",
+                           "--param", f"epochs={epochs}", "--param", "training_samples=4096",
                            "--param", "validation_samples=64")
     client = MlflowClient(cluster_stack.tracking_uri)
     try:
         (run,) = wait_for(lambda: training_runs(client, experiment, 1), "the trial training")
-        wait_for(lambda: len(client.get_metric_history(run.info.run_id, "loss")) >= 2,
-                 "two epochs logged")
+        deadline = time.monotonic() + 300  # a hang guard; polled closely: epochs take seconds
+        while len(client.get_metric_history(run.info.run_id, "loss")) < 2 and \
+                time.monotonic() < deadline:
+            time.sleep(0.2)
         before = len(client.get_metric_history(run.info.run_id, "loss"))
         job = run.data.tags["celeb_smile.job"].split("/", 1)[1]
         cluster_stack.kubectl("delete", "pod", "-l", f"job-name={job}", "--wait=false")
