@@ -411,13 +411,10 @@ class SweepController:
             self.progress.event(trial, "PAUSED")
 
     def _relaunch_paused(self, trial: Trial) -> None:
-        trial.attempt += 1
-        self.tracking.log_tags(trial.run_id, {**self.backend.run_tags(trial),
-                                              ATTEMPT_TAG: str(trial.attempt)})
         self.tracking.patient("resume a paused trial", lambda: self.client.delete_tag(
             trial.run_id, PAUSED_TAG))
         trial.started = time.monotonic()
-        self._launch(trial)
+        self._launch_again(trial)
 
     def _behind(self, trial: Trial, run, watch: str | None) -> bool:
         """Whether `run` (a RunSnapshot) logged epochs of the series that `trial` has not read."""
@@ -486,13 +483,16 @@ class SweepController:
         except Unavailable as error:
             self._end(trial, S.FAILED, f"could not clean up after a disruption: {error}")
             return
-        trial.attempt += 1
         try:
-            self.tracking.log_tags(trial.run_id, {**self.backend.run_tags(trial),
-                                                  ATTEMPT_TAG: str(trial.attempt)})
+            self._launch_again(trial)
         except Unavailable as error:
             self._end(trial, S.FAILED, f"submission failed: {error}")
-            return
+
+    def _launch_again(self, trial: Trial) -> None:
+        """The next Job (or process) for a trial's run, which goes on from its checkpoint."""
+        trial.attempt += 1
+        self.tracking.log_tags(trial.run_id, {**self.backend.run_tags(trial),
+                                              ATTEMPT_TAG: str(trial.attempt)})
         self._launch(trial)
 
     def _give_up(self, error: Unavailable) -> None:

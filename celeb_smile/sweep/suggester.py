@@ -10,7 +10,6 @@ nothing to poll, and the controller waits for the ask (`take(wait=True)`).
 """
 
 import copy
-import time
 from concurrent.futures import Future
 
 from celeb_smile.constants import TrialState
@@ -26,7 +25,6 @@ class Suggester:
         self._ready: list[dict[str, str]] = []
         self._asking: Future | None = None
         self._exhausted = False
-        self.ask_seconds: list[float] = []  # how long each ask took (benchmarks)
 
     @property
     def asking(self) -> bool:
@@ -53,13 +51,8 @@ class Suggester:
         # Copies: the loop goes on changing its trials while the search reads these.
         snapshot = [copy.copy(t) for t in known] + [
             Trial(0, dict(params), state=TrialState.PENDING) for params in self._ready]
-        self._asking = beside(lambda: self._ask(snapshot, missing), "sweep-suggest")
-
-    def _ask(self, known: list[Trial], n: int) -> list[dict[str, str]]:
-        started = time.monotonic()
-        suggestions = self.policy.search.get_suggestions(known, n)
-        self.ask_seconds.append(time.monotonic() - started)
-        return suggestions
+        self._asking = beside(lambda: self.policy.search.get_suggestions(snapshot, missing),
+                              "sweep-suggest")
 
     def _collect(self) -> None:
         suggestions = self._asking.result()  # raises, in the loop's thread, what the ask did
