@@ -75,7 +75,7 @@ def test_a_sweep_of_simulated_trials_logs_every_epoch_once_and_finishes(store, b
 
 
 def test_a_cancelled_trial_logs_nothing_more(store, backend):
-    simulated = backend(duration=3.0, epochs=3, threads=1)
+    simulated = backend(duration=30.0, epochs=3, threads=1)  # an epoch every 10 s
     experiment_id = store.create_experiment("cancel")
     run_id = store.create_run(experiment_id).info.run_id
     trial = Trial(1, {"learning_rate": "0.001", "epochs": "3"}, run_id=run_id)
@@ -85,10 +85,10 @@ def test_a_cancelled_trial_logs_nothing_more(store, backend):
     at_cancel = store.get_metric_history(run_id, "val_accuracy")
     trial.handle = handle
     assert simulated.observe([trial])[1].state == TrialState.KILLED
-    time.sleep(max(0.0, handle.due(3) - time.time()) + 0.5)  # past the trial's end
+    next_epoch = len(at_cancel) + 1
+    time.sleep(max(0.0, handle.due(next_epoch) - time.time()) + 0.5)  # past the next epoch
     after = store.get_metric_history(run_id, "val_accuracy")
-    assert after == at_cancel
-    assert 1 <= len(after) < 3
+    assert after == at_cancel and len(after) >= 1
     assert handle.logged == len(after)
     assert store.get_run(run_id).info.status == "RUNNING"  # the scheduler ends it, not the trial
     assert simulated.in_flight == 0
