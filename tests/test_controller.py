@@ -326,16 +326,18 @@ def test_the_trial_epochs_budget_closes_submissions_and_running_trials_finish(st
 
 def test_a_rule_judging_another_metric_reads_that_metric_from_the_runs(store):
     asha_on_loss = EarlyStopping("asha", grace_period=1, reduction_factor=2, metric="val_loss")
-    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.04"]},
+    # The better trial first: of two values arriving in the same poll, the lower index's is
+    # compared first (ASHA promotes the first to reach a rung).
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.04", "0.01"]},
                        early_stopping=asha_on_loss)
     assert sweep.run() == EXIT_OK
-    assert [t.state for t in sweep.trials] == [TrialState.STOPPED, TrialState.FINISHED]
-    stopped = store.get_run(sweep.trials[0].run_id)
+    assert [t.state for t in sweep.trials] == [TrialState.FINISHED, TrialState.STOPPED]
+    stopped = store.get_run(sweep.trials[1].run_id)
     assert stopped.info.status == "KILLED"
     assert stopped.data.tags[STOPPED_TAG] == (
         "stopped by asha at epoch 1: val_loss 0.7 is not in the best 1 of 2 trials at rung 1, "
         "whose cut-off is 0.55.")
-    assert sweep.trials[1].watched["val_loss"] == [0.55, 0.4, 0.325]  # read to the end
+    assert sweep.trials[0].watched["val_loss"] == [0.55, 0.4, 0.325]  # read to the end
 
 
 def test_trial_names_identify_their_sweep(store):
@@ -435,10 +437,10 @@ def test_the_tracking_server_failing_during_reads_is_ridden_out(store):
 
 def test_the_rung_a_trial_passed_is_recorded_on_its_run(store):
     asha = EarlyStopping("asha", grace_period=1, reduction_factor=2)
-    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.04"]},
+    sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.04", "0.01"]},
                        early_stopping=asha)
     assert sweep.run() == EXIT_OK
-    stopped, finished = sweep.trials
+    finished, stopped = sweep.trials
     assert RUNG_TAG not in store.get_run(stopped.run_id).data.tags  # stopped at its first
     assert store.get_run(finished.run_id).data.tags[RUNG_TAG] == "2"  # rungs 1 and 2 passed
 

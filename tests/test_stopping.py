@@ -6,7 +6,7 @@ import pytest
 
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep.spec import EarlyStopping, Objective, SweepSpec
-from celeb_smile.sweep.stopping import ASHA, MedianStop, make_stopping_rule
+from celeb_smile.sweep.stopping import ASHA, Hyperband, MedianStop, make_stopping_rule
 from celeb_smile.sweep.trial import Trial
 
 NAN = math.nan
@@ -143,6 +143,48 @@ def test_asha_stops_nan_and_ignores_nan_in_the_cutoff():
     assert math.isnan(decisions[0].value) and "NaN" in decisions[0].explanation
 
 
+# -- hyperband ------------------------------------------------------------------------------
+
+def hyperband(grace=1, factor=3, epochs=9):
+    return Hyperband("val_accuracy", "maximize", grace, factor, epochs)
+
+
+def test_hyperband_deals_trials_to_brackets_in_its_proportions_and_in_turn():
+    rule = hyperband()  # 3 brackets: first rungs at epochs 1, 3 and 9; 9:5:3 trials
+    assert [rule.rungs(9, b) for b in range(3)] == [[1, 3, 9], [3, 9], [9]]
+    dealt = [rule.bracket_of(trial(i, RUNNING, [])).number for i in range(1, 18)]
+    assert [dealt.count(b) for b in range(3)] == [9, 5, 3]
+    assert len(set(dealt[:5])) == 3  # the first few already reach every bracket
+    assert dealt == [hyperband().bracket_of(trial(i, RUNNING, [])).number
+                     for i in range(1, 18)]  # a restarted controller deals them alike
+
+
+def test_each_bracket_judges_at_its_own_rungs_against_its_own_trials():
+    rule = hyperband()
+    by_bracket = {}
+    for index in range(1, 18):
+        by_bracket.setdefault(rule.bracket_of(trial(index, RUNNING, [])).number, []).append(index)
+    first, second, last = (by_bracket[b] for b in range(3))
+    leaders = [trial(first[0], FINISHED, [0.9] * 9), trial(second[0], FINISHED, [0.9] * 9),
+               trial(last[0], FINISHED, [0.9] * 9)]
+    weak = [trial(first[1], RUNNING, [0.1]), trial(second[1], RUNNING, [0.1]),
+            trial(last[1], RUNNING, [0.1])]
+    decisions = rule.decide(leaders + weak)
+    assert [(d.trial_index, d.epoch) for d in decisions] == [(first[1], 1)]
+    assert "of bracket 0 at rung 1" in decisions[0].explanation
+    for late in weak[1:]:
+        late.history += [0.1, 0.1]
+    assert [(d.trial_index, d.epoch) for d in rule.decide(leaders + weak)] == [(second[1], 3)]
+    weak[2].history += [0.1] * 5  # the last bracket's only rung is the last epoch
+    assert rule.decide(leaders + weak) == []
+
+
+def test_asha_is_hyperband_with_one_bracket():
+    assert len(asha(grace=3).brackets) == 1
+    assert len(hyperband(grace=3, epochs=9).brackets) == 2
+    assert len(hyperband(grace=4, epochs=9).brackets) == 1
+
+
 # -- from the spec ----------------------------------------------------------------------------
 
 def test_the_spec_chooses_the_rule_and_its_settings():
@@ -154,6 +196,10 @@ def test_the_spec_chooses_the_rule_and_its_settings():
     spec.early_stopping = EarlyStopping("median", start_step=5, min_trials_required=2)
     rule = make_stopping_rule(spec)
     assert isinstance(rule, MedianStop) and (rule.start_step, rule.min_trials_required) == (5, 2)
+    spec.params["epochs"] = "27"
+    spec.early_stopping = EarlyStopping("hyperband", grace_period=3, reduction_factor=3)
+    rule = make_stopping_rule(spec)
+    assert isinstance(rule, Hyperband) and len(rule.brackets) == 3  # first rungs 3, 9, 27
 
 
 def test_a_rule_may_judge_another_metric_than_the_objective():

@@ -201,7 +201,9 @@ def test_bad_search_settings_are_rejected(argv, message):
 
 @pytest.mark.parametrize("text, message", [
     ("search: bayes\n", "search must be one of grid, random, tpe"),
-    ("early_stopping: {rule: hyperband}\n", "early_stopping.rule must be one of median, asha"),
+    ("early_stopping: {rule: pbt}\n", "early_stopping.rule must be one of median, asha, hyperband"),
+    ("params: {epochs: 2}\nearly_stopping: {rule: hyperband, grace_period: 3}\n",
+     "grace_period \\(3\\) must not exceed the trials' epochs \\(2\\)"),
     ("early_stopping: {rule: asha, start_step: 2}\n", "asha takes grace_period, reduction_factor"),
     ("early_stopping: {grace_period: 2}\n", "early_stopping needs a rule"),
     ("early_stopping: {rule: asha, reduction_factor: 1}\n", "reduction_factor must be at least 2"),

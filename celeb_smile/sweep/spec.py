@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from celeb_smile.config import canonical, config_from_params, format_value
+from celeb_smile.config import TrainConfig, canonical, config_from_params, format_value
 from celeb_smile.constants import EPOCH_METRIC_DIRECTIONS, EPOCH_METRICS, FINAL_METRICS
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -32,9 +32,11 @@ SPEC_KEYS = {"experiment", "objective", "params", "grid", "random", "max_paralle
 OBJECTIVE_KEYS = {"metric", "direction", "custom"}
 RANDOM_KEYS = {"samples", "seed", "space"}
 BUDGET_KEYS = {"trial_epochs", "wall_minutes"}
-# Each rule's settings and defaults (Katib's medianstop; ASHA as in the paper and Ray Tune).
+# Each rule's settings and defaults (the median rule's names as Katib's medianstop; ASHA and Hyperband
+# as Optuna's pruners and Ray Tune).
 STOPPING_RULES = {"median": {"start_step": 4, "min_trials_required": 3},
-                  "asha": {"grace_period": 1, "reduction_factor": 3}}
+                  "asha": {"grace_period": 1, "reduction_factor": 3},
+                  "hyperband": {"grace_period": 1, "reduction_factor": 3}}
 
 # The embedded default: a small sweep that finishes in a couple of minutes on a laptop.
 DEFAULT_PARAMS = {"epochs": "5", "training_samples": "1000", "validation_samples": "200"}
@@ -53,7 +55,7 @@ class Objective:
 
 @dataclass
 class EarlyStopping:
-    rule: str = "median"  # median | asha
+    rule: str = "median"  # median | asha | hyperband
     start_step: int = STOPPING_RULES["median"]["start_step"]
     min_trials_required: int = STOPPING_RULES["median"]["min_trials_required"]
     grace_period: int = STOPPING_RULES["asha"]["grace_period"]
@@ -96,6 +98,17 @@ class SweepSpec:
         if metric == objective.metric:
             return metric, objective.direction
         return metric, EPOCH_METRIC_DIRECTIONS.get(metric, "")
+
+    def most_epochs(self) -> int:
+        """The most epochs a trial of this sweep trains: Hyperband's largest resource."""
+        if "epochs" in self.params:
+            return int(self.params["epochs"])
+        if "epochs" in self.grid:
+            return max(int(value) for value in self.grid["epochs"])
+        if "epochs" in self.random_space:
+            (_, bounds), = self.random_space["epochs"].items()
+            return int(max(bounds))
+        return TrainConfig.epochs
 
     def sweep_id(self) -> str:
         """Stable identity of the sweep's definition: the same spec resumes the same parent run.
@@ -378,6 +391,9 @@ def _check_ending(spec: SweepSpec) -> None:
             if getattr(stopping, name) < least:
                 raise ValueError(f"early_stopping.{name} must be at least {least}, "
                                  f"got {getattr(stopping, name)}")
+        if stopping.rule == "hyperband" and stopping.grace_period > spec.most_epochs():
+            raise ValueError(f"early_stopping.grace_period ({stopping.grace_period}) must not "
+                             f"exceed the trials' epochs ({spec.most_epochs()})")
         metric, direction = spec.stopping_metric()
         if not direction:
             raise ValueError(f"early_stopping.metric must be the objective or one of "
