@@ -93,19 +93,15 @@ def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
     """Fit the model for `cfg` on the active MLflow run: params, per-epoch metrics, test
     metrics and the model (with signature and input example) all land on that run. A run with
     a checkpoint goes on from the epoch after it."""
-    keras.utils.set_random_seed(cfg.seed)
     patiently("log the parameters", lambda: log_params_once(cfg))
     run_id = mlflow.active_run().info.run_id
-    order_seed = tf.Variable(0, dtype=tf.int64, trainable=False)  # set at each epoch's start
-    splits = load_splits(cfg, order_seed)
-    model = compile_model(build_model(cfg.convolutions, cfg.randomize_images, cfg.seed),
-                          cfg.learning_rate)
+    model, splits, randomness = prepare(cfg)
     # Cleanup errors ignored: after a failed fit() the saver's thread may still be writing there.
     with tempfile.TemporaryDirectory(prefix="celeb-smile-checkpoint-",
                                      ignore_cleanup_errors=True) as scratch:
         first_epoch = resume(model, cfg, run_id, scratch)
         if first_epoch < cfg.epochs:
-            callbacks = [EpochRandomness(cfg.seed, order_seed),
+            callbacks = [randomness,
                          EpochMetricsLogger(logged_epochs(run_id)),
                          EpochCheckpoint(cfg, run_id, scratch)]
             model.fit(splits["train"], validation_data=splits["validation"], epochs=cfg.epochs,
@@ -115,6 +111,18 @@ def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
     example = next(iter(splits["validation"]))[0].numpy()[:1]
     patiently("log the model", lambda: log_model(model, example_batch=example))
     return model
+
+
+def prepare(cfg: TrainConfig) -> tuple[keras.Model, dict[str, tf.data.Dataset],
+                                        EpochRandomness]:
+    """What a configuration trains: its compiled model, its datasets, and the callback that
+    makes each epoch's randomness a function of (seed, epoch)."""
+    keras.utils.set_random_seed(cfg.seed)
+    order_seed = tf.Variable(0, dtype=tf.int64, trainable=False)  # set at each epoch's start
+    splits = load_splits(cfg, order_seed)
+    model = compile_model(build_model(cfg.convolutions, cfg.randomize_images, cfg.seed),
+                          cfg.learning_rate)
+    return model, splits, EpochRandomness(cfg.seed, order_seed)
 
 
 def resume(model: keras.Model, cfg: TrainConfig, run_id: str, scratch: str) -> int:
