@@ -160,12 +160,31 @@ def test_tpe_tells_each_state_as_optuna_knows_it():
               Trial(7, {**params[0], "epochs": "9"}, state=FINISHED, warm_start=True,
                     metrics={"val_accuracy": 0.99}),  # another problem: not told
               Trial(8, {**params[0], "learning_rate": "5"}, state=FINISHED)]  # outside the space
-    study = search._study(trials)
+    study = search._synced(trials)  # its own six suggestions, told how each ended
     assert [t.state for t in study.trials] == [
         OptunaState.COMPLETE, OptunaState.PRUNED, OptunaState.FAIL, OptunaState.FAIL,
         OptunaState.RUNNING, OptunaState.FAIL]
     assert study.trials[0].value == 0.8 and study.trials[1].intermediate_values[0] == 0.5
-    assert search.get_suggestions(trials, 2) == search.get_suggestions(trials[:6], 2)
+    rebuilt = make_search(tpe_spec())._synced(trials)  # a restarted controller's: added
+    assert [t.state for t in rebuilt.trials] == [t.state for t in study.trials]
+    assert make_search(tpe_spec()).get_suggestions(trials, 2) == \
+        make_search(tpe_spec()).get_suggestions(trials[:6], 2)
+
+
+def test_the_kept_study_is_told_each_trial_once_and_only_what_changed():
+    """Each pair runs through the next ask and ends before the one after: the study sees it
+    as running once, then told its end; nothing is added twice."""
+    search, trials = make_search(tpe_spec(max_trials=12)), []
+    while suggestions := search.get_suggestions(trials, 2):
+        for trial in trials[-2:]:
+            trial.state, trial.metrics = FINISHED, {"val_accuracy": toy_accuracy(trial.params)}
+        trials += as_trials(suggestions, start=len(trials) + 1, state=TrialState.RUNNING)
+        assert [t.state.name for t in search._kept.trials[-2:]] == ["RUNNING", "RUNNING"]
+    for trial in trials[-2:]:
+        trial.state, trial.metrics = FINISHED, {"val_accuracy": toy_accuracy(trial.params)}
+    study = search._synced(trials)
+    assert len(study.trials) == len(trials) == 12  # each suggestion one Optuna trial
+    assert [t.value for t in study.trials] == [t.metrics["val_accuracy"] for t in trials]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
