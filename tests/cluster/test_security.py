@@ -1,8 +1,10 @@
 """What a platform team checks before letting the stack into a shared cluster: every pod (the
-server's, the database's, the trials' and a detached sweep's controller) meets Pod Security
-"restricted", the NetworkPolicies select the pods they are meant for, no generated
-secret is in git, anonymous requests get nothing, and the trainer identity may log to its
-experiments and do nothing else."""
+server's, the database's, the trials', a detached sweep's controller and `make data`'s) meets Pod
+Security "restricted" with a read-only root file system, the NetworkPolicies (ingress and egress)
+select the pods they are meant for, only the controller holds a service-account token, the
+namespace's ResourceQuota fits the stack and a sweep, no generated secret is in git, anonymous
+requests get nothing, and the trainer identity may log to its experiments and do nothing
+else."""
 
 import subprocess
 import uuid
@@ -27,7 +29,8 @@ from tests.helpers.requirements import missing
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> list[dict]:
     """`make deploy`'s overlay for a scratch namespace, rendered by kubectl's kustomize (no
-    cluster needed), plus that namespace's Job template as MLflow submits it."""
+    cluster needed), plus that namespace's Job template as MLflow submits it, a detached
+    sweep's controller Job and `make data`'s Job."""
     env, _ = kube_environment()
     directory = tmp_path_factory.mktemp("overlay")
     overlay = deploy.render("security-check", "registry.example:5000", directory=directory)
@@ -41,16 +44,42 @@ def rendered(tmp_path_factory) -> list[dict]:
     controller = detach.controller_job("security-check", "0123456789ab",
                                        "registry.example:5000/celeb-smile-controller:0.1.0",
                                        "1", "someone")
-    return manifests + [yaml.safe_load(overlay.job_template.read_text()), controller]
+    data_job = yaml.safe_load((PROJECT_DIR / "k8s" / "data" / "prepare-celeba-job.yaml").read_text())
+    return manifests + [yaml.safe_load(overlay.job_template.read_text()), controller, data_job]
 
 
 def test_every_pod_meets_the_restricted_profile(rendered):
     specs = pod_specs(rendered)
     assert set(specs) == {"Deployment/postgres", "Deployment/mlflow",
                           "Job/{replaced with MLflow Project name}",
-                          "Job/celeb-smile-0123456789ab-controller"}
+                          "Job/celeb-smile-0123456789ab-controller", "Job/prepare-celeba"}
     assert {name: restricted_violations(spec) for name, spec in specs.items()} == \
         dict.fromkeys(specs, [])
+
+
+def test_every_container_has_a_read_only_root_file_system(rendered):
+    writable = [f"{name}: {container['name']}" for name, spec in pod_specs(rendered).items()
+                for container in spec["containers"] + spec.get("initContainers", [])
+                if container.get("securityContext", {}).get("readOnlyRootFilesystem") is not True]
+    assert writable == []
+
+
+def test_only_the_controller_pod_gets_a_service_account_token(rendered):
+    """A pod's automountServiceAccountToken wins over its ServiceAccount's; both default true."""
+    accounts = {m["metadata"]["name"]: m.get("automountServiceAccountToken", True)
+                for m in rendered if m["kind"] == "ServiceAccount"}
+    mounted = {}
+    for manifest in rendered:
+        if manifest["kind"] in ("Deployment", "Job"):
+            pod = manifest["spec"]["template"]["spec"]
+            account = pod.get("serviceAccountName", "default")
+            assert account in accounts, f"{account} is not shipped"
+            mounted[manifest["spec"]["template"]["metadata"]["labels"][LABEL_KEY]] = \
+                pod.get("automountServiceAccountToken", accounts[account])
+    assert mounted == {"postgres": False, "mlflow": False, "training": False,
+                       "controller": True, "data": False}
+    assert {name for name, automount in accounts.items() if automount} == \
+        {"celeb-smile-controller"}
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -103,10 +132,50 @@ def _pods_by_component(rendered) -> dict[str, dict]:
     return labels
 
 
+def _policies(rendered) -> dict[str, dict]:
+    return {m["metadata"]["name"]: m["spec"] for m in rendered if m["kind"] == "NetworkPolicy"}
+
+
+KUBE_DNS_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
+                                                       "kube-system"}},
+                 "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}
+
+
+def _egress(rendered) -> dict[str, set[tuple[str, str, int]]]:
+    """Per pod (by component), where it may connect: (peer, protocol, port), the peer being a
+    pod of this namespace (its component), "kube-dns", or "anywhere" (a rule with no `to`).
+    A pod that no Egress policy selects maps to {"unrestricted"}."""
+    pods = _pods_by_component(rendered)
+    allowed = {name: set() for name in pods}
+    isolated = set()
+    for policy in _policies(rendered).values():
+        if "Egress" not in policy["policyTypes"]:
+            assert "egress" not in policy
+            continue
+        selected = {name for name, labels in pods.items()
+                    if _selects(policy["podSelector"], labels)}
+        isolated |= selected
+        for rule in policy.get("egress", []):
+            peers = set()
+            for peer in rule.get("to", [{}]):
+                if peer == {}:
+                    peers.add("anywhere")
+                elif peer == KUBE_DNS_PEER:
+                    peers.add("kube-dns")
+                else:
+                    assert set(peer) == {"podSelector"}, f"unexpected peer {peer}"
+                    peers |= {name for name, labels in pods.items()
+                              if _selects(peer["podSelector"], labels)}
+            ports = {(port["protocol"], port["port"]) for port in rule["ports"]}
+            for name in selected:
+                allowed[name] |= {(peer, *port) for peer in peers for port in ports}
+    return {name: allowed[name] if name in isolated else {"unrestricted"} for name in pods}
+
+
 def test_network_policies_select_the_pods_they_are_meant_for(rendered):
     pods = _pods_by_component(rendered)
-    assert set(pods) == {"postgres", "mlflow", "training", "controller"}
-    policies = {m["metadata"]["name"]: m["spec"] for m in rendered if m["kind"] == "NetworkPolicy"}
+    assert set(pods) == {"postgres", "mlflow", "training", "controller", "data"}
+    policies = _policies(rendered)
 
     def selected(selector):
         return {name for name, labels in pods.items() if _selects(selector, labels)}
@@ -127,7 +196,109 @@ def test_network_policies_select_the_pods_they_are_meant_for(rendered):
     assert selected(mlflow["podSelector"]) == {"mlflow"}
     assert allowed_from(mlflow) == ({"training", "controller"},
                                     [{"protocol": "TCP", "port": 5000}])
-    assert set(policies) == {"default-deny-ingress", "postgres-from-mlflow", "mlflow-from-training"}
+    ingress = {name for name, policy in policies.items() if "Ingress" in policy["policyTypes"]}
+    assert ingress == {"default-deny-ingress", "postgres-from-mlflow", "mlflow-from-training"}
+
+
+def test_egress_policies_let_each_pod_reach_only_what_it_needs(rendered):
+    dns = {("kube-dns", "UDP", 53), ("kube-dns", "TCP", 53)}
+    deny = _policies(rendered)["default-deny-egress"]
+    assert deny == {"podSelector": {}, "policyTypes": ["Egress"]}
+    assert _egress(rendered) == {
+        "training": dns | {("mlflow", "TCP", 5000)},
+        # ... and the Kubernetes API server, wherever the cluster puts it.
+        "controller": dns | {("mlflow", "TCP", 5000), ("anywhere", "TCP", 443),
+                             ("anywhere", "TCP", 6443)},
+        "mlflow": dns | {("postgres", "TCP", 5432)},
+        "postgres": set(),
+        "data": dns | {("anywhere", "TCP", 443)},  # CelebA's download host
+    }
+
+
+@pytest.mark.parametrize("change, component", [
+    # A policy that selects one pod too many, a peer too wide, a port too many: each is seen.
+    (lambda p: p["training-to-mlflow"]["podSelector"]["matchExpressions"][0]["values"]
+     .append("postgres"), "postgres"),
+    (lambda p: p["mlflow-to-postgres"]["egress"][0].pop("to"), "mlflow"),
+    (lambda p: p["dns-egress"]["egress"][0]["ports"].append({"protocol": "TCP", "port": 80}),
+     "training"),
+    (lambda p: p["default-deny-egress"]["podSelector"].update(
+        matchLabels={LABEL_KEY: "training"}), "postgres"),
+])
+def test_the_egress_check_catches_a_wider_policy(rendered, change, component):
+    import copy
+
+    manifests = copy.deepcopy(rendered)
+    change({m["metadata"]["name"]: m["spec"] for m in manifests if m["kind"] == "NetworkPolicy"})
+    assert _egress(manifests)[component] != _egress(rendered)[component]
+
+
+def _quantity(value) -> float:
+    """A Kubernetes quantity as a number (cores, bytes)."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
+    text = str(value)
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text[:-len(suffix)]) * factor
+    return float(text)
+
+
+def _containers_by_component(rendered) -> dict[str, list[dict]]:
+    return {manifest["spec"]["template"]["metadata"]["labels"][LABEL_KEY]:
+            manifest["spec"]["template"]["spec"]["containers"]
+            for manifest in rendered if manifest["kind"] in ("Deployment", "Job")}
+
+
+def test_the_quota_fits_the_stack_a_sweep_of_four_and_make_data(rendered):
+    (quota,) = [m["spec"]["hard"] for m in rendered if m["kind"] == "ResourceQuota"]
+    (limit_range,) = [m["spec"]["limits"] for m in rendered if m["kind"] == "LimitRange"]
+    (container_limits,) = [item for item in limit_range if item["type"] == "Container"]
+    containers = _containers_by_component(rendered)
+    # Every container declares both (none relies on the LimitRange's defaults) within its max.
+    for component, items in containers.items():
+        for container in items:
+            for kind in ("requests", "limits"):
+                for resource in ("cpu", "memory"):
+                    value = _quantity(container["resources"][kind][resource])
+                    assert value <= _quantity(container_limits["max"][resource]), \
+                        (component, kind, resource)
+    # Trials still terminating beside their successors, and a controller handing over.
+    counts = {"postgres": 1, "mlflow": 1, "training": 2 * 4, "controller": 2, "data": 1}
+    assert set(counts) == set(containers)
+    for kind in ("requests", "limits"):
+        for resource in ("cpu", "memory"):
+            total = sum(count * _quantity(container["resources"][kind][resource])
+                        for component, count in counts.items()
+                        for container in containers[component])
+            assert total <= _quantity(quota[f"{kind}.{resource}"]), (kind, resource, total)
+    assert sum(counts.values()) <= int(quota["pods"])
+    claims = [m["spec"]["resources"]["requests"]["storage"] for m in rendered
+              if m["kind"] == "PersistentVolumeClaim"]
+    assert len(claims) <= int(quota["persistentvolumeclaims"])
+    assert sum(map(_quantity, claims)) <= _quantity(quota["requests.storage"])
+    assert quota["services.nodeports"] == quota["services.loadbalancers"] == "0"
+    # A container that declares nothing still gets a request and a limit of each.
+    for key in ("default", "defaultRequest"):
+        assert set(container_limits[key]) == {"cpu", "memory"}
+        assert all(_quantity(container_limits[key][r]) <= _quantity(container_limits["max"][r])
+                   for r in ("cpu", "memory"))
+
+
+def test_no_server_or_database_password_is_in_an_environment_variable(rendered):
+    """The server and PostgreSQL read them from mounted files (*_FILE)."""
+    for manifest in rendered:
+        if manifest["kind"] != "Deployment":
+            continue
+        (container,) = manifest["spec"]["template"]["spec"]["containers"]
+        from_secrets = {item["name"]: item["valueFrom"]["secretKeyRef"]["key"]
+                        for item in container["env"] if "secretKeyRef" in item.get("valueFrom", {})}
+        assert not {key for key in from_secrets.values() if "password" in key or "key" in key}, \
+            (manifest["metadata"]["name"], from_secrets)
+        files = {item["name"] for item in container["env"] if item["name"].endswith("_FILE")}
+        assert files, manifest["metadata"]["name"]
+        volumes = {v["name"]: v for v in manifest["spec"]["template"]["spec"]["volumes"]}
+        secret_mounts = [m for m in container["volumeMounts"] if "projected" in volumes[m["name"]]]
+        assert secret_mounts and all(m["readOnly"] for m in secret_mounts)
 
 
 def _tracked_files() -> list[Path]:

@@ -1,7 +1,9 @@
 """The k8s/ stack on a real cluster, deployed by `make deploy` into the tests' own namespace: it
 becomes Ready, PostgreSQL runs as non-root with MLflow as a role that owns only its databases,
-and the manifests (and the namespace's training Job template) pass the API server's
-validation."""
+no process of the server or the database holds a password in its environment, their root file
+systems are read-only and they hold no service-account token, the namespace's quota admits a
+pod that declares no resources, and the manifests (and the namespace's training Job template)
+pass the API server's validation."""
 
 import json
 
@@ -93,11 +95,65 @@ def test_postgres_runs_as_its_non_root_user(cluster_stack):
     assert status == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"]
 
 
+def _process_environments(stack, deployment: str) -> list[str]:
+    """The environment of every process in the deployment's container, one string each."""
+    script = 'for p in /proc/[0-9]*; do tr "\\0" "\\n" < "$p/environ" 2>/dev/null; echo "=="; done'
+    output = stack.kubectl("exec", f"deployment/{deployment}", "--", "bash", "-c", script).stdout
+    return [chunk for chunk in output.split("==\n") if chunk.strip()]
+
+
+@pytest.mark.parametrize("deployment", ["mlflow", "postgres"])
+def test_no_process_keeps_a_password_in_its_environment(cluster_stack, deployment):
+    environments = _process_environments(cluster_stack, deployment)
+    assert len(environments) >= 2  # the server (pid 1, after start.py's exec) and its workers
+    secrets = {name: cluster_stack.overlay.secret(name) for name in
+               ("postgres-superuser-password", "mlflow-db-password", "mlflow-admin-password",
+                "trainer-password")}
+    leaks = {name for name, value in secrets.items()
+             for environment in environments if value in environment}
+    assert leaks == set()
+    assert not any("PASSWORD=" in line for environment in environments
+                   for line in environment.splitlines())
+
+
+def test_the_server_reads_the_database_password_from_a_private_file(cluster_stack):
+    mode = cluster_stack.kubectl("exec", "deployment/mlflow", "--", "stat", "-c", "%a %u",
+                                 "/run/mlflow/pgpass").stdout.split()
+    assert mode == ["600", "10002"]
+
+
+@pytest.mark.parametrize("deployment", ["mlflow", "postgres"])
+def test_root_file_system_is_read_only_and_no_token_is_mounted(cluster_stack, deployment):
+    write = cluster_stack.kubectl("exec", f"deployment/{deployment}", "--", "touch", "/probe",
+                                  check=False)
+    assert write.returncode != 0 and "Read-only file system" in write.stderr
+    token = cluster_stack.kubectl("exec", f"deployment/{deployment}", "--", "ls",
+                                  "/var/run/secrets/kubernetes.io/serviceaccount", check=False)
+    assert token.returncode != 0
+
+
+def test_quota_admits_a_pod_that_declares_no_resources_with_the_defaults(cluster_stack):
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "quota-probe"},
+           "spec": {"containers": [{"name": "probe", "image": "localhost:5001/x:0"}]}}
+    created = json.loads(kubectl(cluster_stack.env, "-n", cluster_stack.namespace, "create",
+                                 "--dry-run=server", "-o", "json", "-f", "-",
+                                 input=json.dumps(pod)).stdout)
+    resources = created["spec"]["containers"][0]["resources"]
+    assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
+    quota = json.loads(cluster_stack.kubectl("get", "resourcequota", "celeb-smile",
+                                             "-o", "json").stdout)
+    assert 2 <= int(quota["status"]["used"]["pods"]) <= int(quota["status"]["hard"]["pods"])
+
+
 def test_manifests_pass_server_side_dry_run(cluster_stack):
     result = kubectl(cluster_stack.env, "apply", "--dry-run=server", "-k",
                      str(cluster_stack.overlay.directory))
-    for name in ("default-deny-ingress", "postgres-from-mlflow", "mlflow-from-training"):
+    for name in ("default-deny-ingress", "postgres-from-mlflow", "mlflow-from-training",
+                 "default-deny-egress", "dns-egress", "training-to-mlflow", "mlflow-to-postgres",
+                 "controller-to-kubernetes-api", "data-downloads"):
         assert f"networkpolicy.networking.k8s.io/{name}" in result.stdout
+    assert "resourcequota/celeb-smile" in result.stdout
+    assert "limitrange/celeb-smile" in result.stdout
     assert f"namespace/{cluster_stack.namespace}" in result.stdout
 
 
@@ -133,9 +189,13 @@ def test_job_template_matches_the_stack():
            for item in pod["containers"][0]["env"]}
     assert env["MLFLOW_TRACKING_USERNAME"] == {"name": "mlflow-trainer", "key": "username"}
     assert env["MLFLOW_TRACKING_PASSWORD"] == {"name": "mlflow-trainer", "key": "password"}
-    (mount,) = pod["containers"][0]["volumeMounts"]
-    assert mount["name"] == "tfds-data" and mount["readOnly"] is True
-    claims = {volume["persistentVolumeClaim"]["claimName"] for volume in pod["volumes"]}
+    mounts = {mount["name"]: mount for mount in pod["containers"][0]["volumeMounts"]}
+    assert set(mounts) == {"tfds-data", "tmp", "home"}
+    assert mounts["tfds-data"]["readOnly"] is True
+    assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+    claims = {volume["persistentVolumeClaim"]["claimName"] for volume in pod["volumes"]
+              if "persistentVolumeClaim" in volume}
+    assert {volume["name"] for volume in pod["volumes"] if "emptyDir" in volume} == {"tmp", "home"}
     resources = [yaml.safe_load(path.read_text()) for path in K8S_DIR.glob("*.yaml")
                  if path.name != "kustomization.yaml"]
     assert claims <= {r["metadata"]["name"] for r in resources if r["kind"] == "PersistentVolumeClaim"}
