@@ -4,6 +4,7 @@ import json
 import subprocess
 
 import pytest
+import yaml
 
 from celeb_smile import deploy
 from tests.conftest import PROJECT_DIR
@@ -70,3 +71,33 @@ def test_bad_input_exits_2_with_one_line_and_creates_nothing(argv, message, caps
     error = capsys.readouterr().err
     assert error.startswith(message) and error.count("\n") == 1
     assert not (PROJECT_DIR / ".deploy" / "Team_A").exists()
+
+
+def _secret_references(manifest: dict) -> set[tuple[str, str]]:
+    """(Secret, key) pairs a Deployment's pod reads: env secretKeyRefs and projected files."""
+    pod = manifest["spec"]["template"]["spec"]
+    references = {(item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
+                  for container in pod["containers"] for item in container.get("env", [])
+                  if "secretKeyRef" in item.get("valueFrom", {})}
+    for volume in pod.get("volumes", []):
+        for source in volume.get("projected", {}).get("sources", []):
+            if "secret" in source:
+                references |= {(source["secret"]["name"], item["key"])
+                               for item in source["secret"]["items"]}
+    return references
+
+
+def test_every_secret_file_the_pods_mount_is_one_the_overlay_generates(tmp_path):
+    kustomization = deploy.kustomization("team-a", "localhost:5001", PROJECT_DIR, tmp_path)
+    generated = {(secret["name"], entry.split("=", 1)[0])
+                 for secret in kustomization["secretGenerator"]
+                 for entry in secret.get("files", []) + secret.get("literals", [])}
+    passwords = {(secret["name"], entry.split("=", 1)[0])
+                 for secret in kustomization["secretGenerator"] for entry in secret["files"]}
+    references = {}
+    for name in deploy.DEPLOYMENTS:
+        manifest = yaml.safe_load((PROJECT_DIR / "k8s" / f"{name}-deployment.yaml").read_text())
+        references[name] = _secret_references(manifest)
+        assert references[name] <= generated, name
+    # Each generated password or key reaches a pod (as a file: test_security checks the env).
+    assert passwords <= references["mlflow"] | references["postgres"]

@@ -9,7 +9,11 @@ Before `mlflow server` starts it
   - makes the `admin` and `trainer` users' passwords those of the Secrets (creating the users on
     first start), so the Secrets stay the one source of truth and rotating one is a redeploy;
   - derives from the pod's namespace the Host headers the server answers (--allowed-hosts).
-The database password never appears in a URI or a file: libpq reads it from PGPASSWORD.
+Passwords come from the Secrets mounted as files (`<NAME>_FILE` names each one's path), read when
+needed, never from environment variables. The database password goes into a libpq password
+file (PGPASSFILE, mode 600, on a memory-backed volume), never into a URI or the environment.
+`mlflow server` is started with an environment that holds no password and no secret file's path;
+only the Flask key is passed in it, because MLflow reads that key from nowhere else.
 Arguments are passed on to `mlflow server`.
 """
 
@@ -22,6 +26,18 @@ AUTH_CACHE_TTL_S = 60
 # MLflow's extension point for authentication: the module beside this file (trial_rules.py).
 AUTHORIZATION_FUNCTION = "trial_rules:authenticate_request"
 SERVER_MODULES_DIRECTORY = Path(__file__).resolve().parent
+# Each secret's file (k8s/mlflow-deployment.yaml mounts the Secrets and names the files).
+ADMIN_PASSWORD_FILE = "MLFLOW_AUTH_ADMIN_PASSWORD_FILE"
+TRAINER_PASSWORD_FILE = "MLFLOW_TRAINER_PASSWORD_FILE"
+DATABASE_PASSWORD_FILE = "MLFLOW_DATABASE_PASSWORD_FILE"
+FLASK_SECRET_KEY_FILE = "MLFLOW_FLASK_SERVER_SECRET_KEY_FILE"
+FLASK_SECRET_KEY = "MLFLOW_FLASK_SERVER_SECRET_KEY"
+# Never passed on to `mlflow server`: the admin needs no password there (start.py has made the
+# user; MLflow reads MLFLOW_AUTH_ADMIN_PASSWORD only to create a missing admin), and libpq
+# reads the database password from PGPASSFILE.
+SECRET_VARIABLES = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRAINER_PASSWORD", "PGPASSWORD",
+                    ADMIN_PASSWORD_FILE, TRAINER_PASSWORD_FILE, DATABASE_PASSWORD_FILE,
+                    FLASK_SECRET_KEY_FILE)
 
 
 def database_uri(database: str) -> str:
@@ -36,8 +52,43 @@ def allowed_hosts(namespace: str) -> str:
     return ",".join(names)
 
 
+def read_secret(env, variable: str) -> str:
+    """The secret in the file named by `variable` (a trailing newline dropped, as Docker's
+    *_FILE convention does); an error naming the variable when it is unset, missing or empty."""
+    path = env.get(variable)
+    if not path:
+        raise SystemExit(f"error: {variable} is not set (the path of a mounted Secret's file)")
+    try:
+        value = Path(path).read_text().rstrip("\r\n")
+    except OSError as error:
+        raise SystemExit(f"error: {variable}: cannot read {path}: {error.strerror}") from None
+    if not value:
+        raise SystemExit(f"error: {variable}: {path} is empty")
+    return value
+
+
+def write_pgpass(path: Path, username: str, password: str) -> None:
+    """libpq's password file (host:port:database:user:password, ':' and '\\' escaped), mode 600:
+    libpq ignores a file that others may read."""
+    def escape(field: str) -> str:
+        return field.replace("\\", "\\\\").replace(":", "\\:")
+
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(f"*:*:*:{escape(username)}:{escape(password)}\n")
+
+
+def server_environment(env, flask_secret_key: str) -> dict[str, str]:
+    """What `mlflow server` and its workers get: no password, no secret file's path; the Flask
+    key only because MLflow reads it from MLFLOW_FLASK_SERVER_SECRET_KEY alone."""
+    server_env = {key: value for key, value in env.items() if key not in SECRET_VARIABLES}
+    server_env[FLASK_SECRET_KEY] = flask_secret_key
+    return server_env
+
+
 def write_auth_config(path: Path, auth_database_uri: str, admin_username: str) -> None:
-    """The admin password is not in the file: MLFLOW_AUTH_ADMIN_PASSWORD (from the Secret)."""
+    """No password in the file: start.py creates the admin user (sync_users) before MLflow."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     text = (
         "[mlflow]\n"
@@ -81,17 +132,20 @@ def sync_users(auth_database_uri: str, users: list[tuple[str, str, bool]]) -> No
 
 def main(args: list[str]) -> None:
     env = os.environ
+    write_pgpass(Path(env["PGPASSFILE"]), env["PGUSER"], read_secret(env, DATABASE_PASSWORD_FILE))
     auth_uri = database_uri(env["MLFLOW_AUTH_DATABASE"])
     admin = env["MLFLOW_AUTH_ADMIN_USERNAME"]
     write_auth_config(AUTH_CONFIG_PATH, auth_uri, admin)
     env["MLFLOW_AUTH_CONFIG_PATH"] = str(AUTH_CONFIG_PATH)
     env["PYTHONPATH"] = with_server_modules(env.get("PYTHONPATH"))
-    sync_users(auth_uri, [(admin, env["MLFLOW_AUTH_ADMIN_PASSWORD"], True),
-                          (env["MLFLOW_TRAINER_USERNAME"], env.pop("MLFLOW_TRAINER_PASSWORD"), False)])
+    sync_users(auth_uri, [(admin, read_secret(env, ADMIN_PASSWORD_FILE), True),
+                          (env["MLFLOW_TRAINER_USERNAME"], read_secret(env, TRAINER_PASSWORD_FILE),
+                           False)])
     command = ["mlflow", "server", "--app-name", "basic-auth",
                f"--backend-store-uri={database_uri(env['PGDATABASE'])}",
                f"--allowed-hosts={allowed_hosts(env['POD_NAMESPACE'])}", *args]
-    os.execvp(command[0], command)
+    os.execvpe(command[0], command,
+               server_environment(env, read_secret(env, FLASK_SECRET_KEY_FILE)))
 
 
 if __name__ == "__main__":
