@@ -10,7 +10,10 @@ CONTROLLER_IMAGE := $(REGISTRY)/celeb-smile-controller:0.1.0
 # MLproject's docker_env image: `mlflow run --build-image` layers the project on it locally.
 PROJECT_IMAGE := localhost:5001/celeb-smile-train:0.1.0
 # The server's tag is k8s/kustomization.yaml's (bumped whenever the image changes).
-SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r4
+SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r5
+# The images' base: a tag, or tag@sha256:<digest> to pin it (a registry's digest; the local
+# stand-in has none). PostgreSQL's image: k8s/kustomization.yaml (`digest:` pins it).
+PYTHON_IMAGE ?= python:3.11-slim
 NAMESPACE ?= celeb-smile
 KUBECTL ?= kubectl
 PYTEST_ARGS ?=
@@ -41,9 +44,9 @@ cluster:  ## create (or reuse) a kind cluster wired to a registry on localhost:5
 	scripts/kind-cluster.sh
 
 images:  ## build the training, controller and tracking-server images and push them to $(REGISTRY)
-	docker build -t $(TRAIN_IMAGE) -t $(PROJECT_IMAGE) .
-	docker build -t $(CONTROLLER_IMAGE) -f k8s/controller/Dockerfile .
-	docker build -t $(SERVER_IMAGE) -f k8s/server/Dockerfile .
+	docker build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(TRAIN_IMAGE) -t $(PROJECT_IMAGE) .
+	docker build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(CONTROLLER_IMAGE) -f k8s/controller/Dockerfile .
+	docker build --build-arg PYTHON_IMAGE=$(PYTHON_IMAGE) -t $(SERVER_IMAGE) -f k8s/server/Dockerfile .
 	docker push $(TRAIN_IMAGE)
 	docker push $(CONTROLLER_IMAGE)
 	docker push $(SERVER_IMAGE)
