@@ -10,7 +10,7 @@ import pytest
 
 from celeb_smile import constants, deploy
 from celeb_smile.sweep import access
-from tests.helpers.auth_server import SERVER_DIRECTORY, trial_rules
+from tests.helpers.auth_server import SERVER_DIRECTORY, sweep_trial_users, trial_rules
 
 rules = trial_rules()
 TAG = constants.TRIAL_USER_TAG
@@ -369,3 +369,75 @@ def test_a_trial_user_lists_and_downloads_only_its_runs_artifacts():
     assert refusal(TRIAL, "GET", listing) is not None
     assert refusal(TRIAL, "GET", run_artifact(OWN_RUN, "x.txt")) is None
     assert refusal(TRIAL, "GET", run_artifact(OTHER_RUN, "x.txt")) is not None
+
+
+# -- a sweep's trial user, made by whoever manages the sweep's experiment (sweep_trial_users.py)
+users = sweep_trial_users()
+MANAGED = {("alice", "7")}
+
+
+def may_manage(sender: str, experiment_id: str) -> bool:
+    return (sender, experiment_id) in MANAGED
+
+
+def asked(method: str, path: str, body):
+    return users.user_request(method, path, lambda: body)
+
+
+def test_only_the_two_routes_bodies_are_read():
+    def unread():
+        raise AssertionError("body read")
+
+    assert users.user_request("PUT", "/api/2.0/mlflow-artifacts/artifacts/1/x/artifacts/a",
+                              unread) is None
+
+
+def test_the_driver_names_trial_users_as_the_server_expects():
+    assert users.SWEEP_TRIAL_USER.fullmatch(access.trial_username("7", "0123456789ab"))
+
+
+@pytest.mark.parametrize("method, path", [("POST", "/api/2.0/mlflow/users/create"),
+                                          ("POST", "/ajax-api/2.0/mlflow/users/create"),
+                                          ("DELETE", "/api/2.0/mlflow/users/delete")])
+def test_a_user_who_manages_the_experiment_may_create_and_delete_its_sweeps_trial_user(
+        method, path):
+    request = asked(method, path, {"username": "trial-7-abc123", "password": "p" * 20})
+    assert request is not None
+    assert users.refusal("alice", request, may_manage) is None
+
+
+@pytest.mark.parametrize("sender, username, why", [
+    ("bob", "trial-7-abc123", "'bob' may not create user 'trial-7-abc123': it needs MANAGE on "
+                              "experiment 7"),
+    ("alice", "trial-8-abc123", "needs MANAGE on experiment 8"),
+    ("alice", "trial-sweep1-abc", "only an admin may create user 'trial-sweep1-abc'"),
+    ("alice", "trial-7-ABC", "only an admin may create"),
+    ("alice", "trial-7-abc/../x", "only an admin may create"),
+    ("alice", "trial-7-", "only an admin may create"),
+])
+def test_no_other_trial_user_name_and_no_other_experiment(sender, username, why):
+    request = asked("POST", "/api/2.0/mlflow/users/create", {"username": username,
+                                                              "password": "p" * 20})
+    assert why in users.refusal(sender, request, may_manage)
+
+
+def test_a_trial_user_needs_a_password():
+    request = asked("POST", "/api/2.0/mlflow/users/create", {"username": "trial-7-abc123"})
+    assert users.refusal("alice", request, may_manage) == "a trial user needs a password"
+
+
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/api/2.0/mlflow/users/create", {"username": "mallory", "password": "p" * 20}),
+    ("DELETE", "/api/2.0/mlflow/users/delete", {"username": "admin"}),
+    ("PATCH", "/api/2.0/mlflow/users/update-password", {"username": "trial-7-abc123",
+                                                        "password": "p" * 20}),
+    ("PATCH", "/api/2.0/mlflow/users/update-admin", {"username": "trial-7-abc123",
+                                                     "is_admin": True}),
+    ("GET", "/api/2.0/mlflow/users/create", {"username": "trial-7-abc123"}),
+    ("POST", "/api/2.0/mlflow/users/create/x", {"username": "trial-7-abc123"}),
+    ("POST", "/api/2.0/mlflow/users/create", ["trial-7-abc123"]),
+    ("POST", "/api/2.0/mlflow/users/create", {"username": ["trial-7-abc123"]}),
+])
+def test_any_other_user_request_is_left_to_mlflow(method, path, body):
+    """MLflow refuses them to non-admins: nothing here lets them through."""
+    assert asked(method, path, body) is None

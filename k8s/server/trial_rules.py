@@ -13,8 +13,12 @@ away. MLflow calls the function for Flask routes and, through its bridge, for th
 serves with FastAPI (artifacts, gateway, OTLP, jobs); the bridge passes no request body, so
 those routes are judged on their path alone.
 
-Trial identities: users named `trial-...` (one per trial; the sweep driver creates them) and the
-legacy shared user `trainer`. Any other user is left to MLflow alone.
+Trial identities: users named `trial-...` (one per sweep, `trial-<experiment id>-<sweep id>`:
+the sweep driver creates it when the sweep starts and deletes it when it ends, see
+sweep_trial_users.py, which also lets a non-admin who manages the experiment do that) and the
+legacy shared user `trainer` (kept for `mlflow run --backend kubernetes`). Any other user is left
+to MLflow alone. A `trial-...` user that no longer exists is refused (401) at once, even while a
+worker still remembers its verified password.
 
 A trial identity may, on a run it may write:
   - read the run and its metric history; log metrics, params, tags, inputs and outputs; update
@@ -349,11 +353,19 @@ def authenticate_request():
 
 def _decide():
     from flask import Response, request
-    from mlflow.server.auth import authenticate_request_basic_auth
+    from mlflow.server.auth import authenticate_request_basic_auth, make_basic_auth_response
+
+    import sweep_trial_users  # beside this file; imports this module
 
     authorization = authenticate_request_basic_auth()
-    if isinstance(authorization, Response) or not is_trial_identity(authorization.username):
+    if isinstance(authorization, Response):
         return authorization
+    if not is_trial_identity(authorization.username):
+        answered = sweep_trial_users.answer(authorization.username)
+        return authorization if answered is None else answered
+    if authorization.username != LEGACY_TRAINER and \
+            not sweep_trial_users.still_exists(authorization.username):
+        return make_basic_auth_response()  # deleted: its password may still be remembered
     call = Call(request.method, request.path, lambda: request_fields(request))
     reason = refusal(authorization.username, call, ServerLookups())
     if reason is None:

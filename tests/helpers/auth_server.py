@@ -31,6 +31,16 @@ def trial_rules():
     return server_module("trial_rules", "mlflow_server_trial_rules")
 
 
+def sweep_trial_users():
+    """k8s/server/sweep_trial_users.py, which imports trial_rules as the server does (from the
+    PYTHONPATH the entrypoint sets)."""
+    import sys
+
+    if str(SERVER_DIRECTORY) not in sys.path:
+        sys.path.append(str(SERVER_DIRECTORY))
+    return server_module("sweep_trial_users", "mlflow_server_sweep_trial_users")
+
+
 @contextlib.contextmanager
 def basic_auth_server(root: Path):
     """Yield (uri, admin credentials); the `trainer` user is created by the caller."""
