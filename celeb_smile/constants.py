@@ -35,8 +35,10 @@ PAUSE_TAG = "celeb_smile.paused_by"  # on the parent (driver.py --pause): who pa
 PAUSED_TAG = "celeb_smile.paused"  # on a trial's run: stopped by a pause, resumes from its checkpoint
 
 # -- tracking-server identities -----------------------------------------------------------
-# MLflow users named TRIAL_USER_PREFIX + ... (one per trial) may only do a training run's job,
-# on runs tagged TRIAL_USER_TAG = their name (k8s/server/trial_rules.py, which keeps copies).
+# MLflow users named TRIAL_USER_PREFIX + ... may only do a training run's job, on runs tagged
+# TRIAL_USER_TAG = their name (k8s/server/trial_rules.py, which keeps copies). A sweep's own is
+# TRIAL_USER_PREFIX + '<experiment id>-<sweep id>' (celeb_smile.sweep.access.trial_username),
+# made when the sweep starts and deleted when it ends.
 TRIAL_USER_PREFIX = "trial-"
 
 # -- metrics a training run logs (a sweep's objective must be one of them, or declared custom) ---

@@ -91,7 +91,9 @@ CALLS = {"create_namespaced_job": ("batch", "jobs", "create"),
          "list_namespaced_pod": ("", "pods", "list"),
          "read_namespaced_pod": ("", "pods", "get"),
          "delete_collection_namespaced_pod": ("", "pods", "deletecollection"),
-         "read_namespaced_pod_log": ("", "pods/log", "get")}
+         "read_namespaced_pod_log": ("", "pods/log", "get"),
+         "create_namespaced_secret": ("", "secrets", "create"),
+         "delete_namespaced_secret": ("", "secrets", "delete")}
 
 
 def calls_in(source: str) -> set[tuple[str, str, str]]:

@@ -1,13 +1,18 @@
 """The Job a trial becomes (no cluster needed): labels that list a sweep in one call, the
 entry point as an argv, the run's coordinates, the data volume only for CelebA trials."""
 
+import re
+
 import pytest
 import yaml
 
 from celeb_smile import deploy
-from celeb_smile.constants import RUN_LABEL, SWEEP_LABEL, TRAINER_HTTP_ENV, TrialState
+from celeb_smile.constants import (RUN_LABEL, SWEEP_LABEL, TRAINER_HTTP_ENV, TRIAL_USER_TAG,
+                                   TrialState)
+from celeb_smile.sweep import access
 from celeb_smile.sweep.backends.kubernetes import (JobWatch, KubernetesBackend,
-                                                 KubernetesTrial, _pod_failure, job_name)
+                                                 KubernetesTrial, _pod_failure, job_name,
+                                                 trial_secret_name)
 from celeb_smile.sweep.trial import Trial
 from tests.conftest import PROJECT_DIR
 
@@ -223,3 +228,38 @@ def test_a_relaunched_trials_job_has_a_name_of_its_own():
     first = Trial(3, {}, sweep_id="abc123", run_id="f" * 32)
     again = Trial(3, {}, sweep_id="abc123", run_id="f" * 32, attempt=2)
     assert job_name("abc123", again) == job_name("abc123", first) + "-a2"
+
+
+# -- the sweep's trial user ------------------------------------------------------------------
+def credential_refs(job) -> dict:
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+            if e["name"].startswith("MLFLOW_TRACKING_") and "valueFrom" in e}
+
+
+def test_without_a_trial_user_a_job_keeps_the_templates_credentials():
+    """A server without authentication, or a single `mlflow run`: the template's `trainer`."""
+    assert credential_refs(manifest({})) == {
+        "MLFLOW_TRACKING_USERNAME": {"name": "mlflow-trainer", "key": "username"},
+        "MLFLOW_TRACKING_PASSWORD": {"name": "mlflow-trainer", "key": "password"}}
+
+
+def test_a_sweeps_jobs_log_as_its_trial_user_from_its_secret_and_runs_are_tagged_for_it():
+    backend = KubernetesBackend(CONFIG, "http://mlflow.ns.svc.cluster.local:5000", "abc123")
+    backend.image_ref = "localhost:5001/celeb-smile-train:0.1.0@sha256:" + "0" * 64
+    backend.use_trial_credentials("trial-7-abc123")
+    trial = Trial(3, {}, sweep_id="abc123", run_id="f" * 32)
+    job = backend.job_manifest(trial, experiment_id="7")
+    assert credential_refs(job) == {
+        "MLFLOW_TRACKING_USERNAME": {"name": "celeb-smile-trial-7-abc123", "key": "username"},
+        "MLFLOW_TRACKING_PASSWORD": {"name": "celeb-smile-trial-7-abc123", "key": "password"}}
+    names = [e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]]
+    assert len(names) == len(set(names))  # replaced, not added beside the template's
+    assert backend.run_tags(trial)[TRIAL_USER_TAG] == "trial-7-abc123"
+    assert TRIAL_USER_TAG not in KubernetesBackend(CONFIG, "http://x:5000", "abc123").run_tags(
+        trial)
+
+
+def test_a_trial_users_secret_name_is_a_valid_kubernetes_name():
+    name = trial_secret_name(access.trial_username("1234567890", "0123456789ab"))
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63

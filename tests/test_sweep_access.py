@@ -13,7 +13,8 @@ from mlflow.server import get_app_client
 from rich.console import Console
 
 from celeb_smile.constants import EXIT_BAD_INPUT, EXIT_TRIAL_FAILED
-from celeb_smile.sweep.access import AccessError, grant_trainer
+from celeb_smile.sweep.access import (AccessError, close_trial_user, grant_trainer,
+                                      open_trial_user, trial_username)
 from celeb_smile.sweep.controller import SweepController
 from celeb_smile.sweep.spec import SweepSpec
 from tests.helpers.auth_checks import (
@@ -96,7 +97,15 @@ def test_grant_is_a_no_op_without_the_auth_app(mlflow_server):
                         "app): trainer access not needed"]
 
 
-def test_a_sweep_whose_user_may_not_grant_is_refused_in_one_line_with_nothing_created(
+def test_no_trial_user_without_the_auth_app(mlflow_server):
+    """A server without authentication has nobody to make: the sweep's Jobs keep the
+    template's credentials (unused there) and no run is tagged for a trial user."""
+    assert open_trial_user(mlflow_server, trial_username("0", "abc123"), "0") is None
+    close_trial_user(mlflow_server, trial_username("0", "abc123"))
+    assert open_trial_user("sqlite:///nowhere.db", "trial-0-abc123", "0") is None
+
+
+def test_a_sweep_whose_user_may_not_make_its_trial_user_is_refused_with_nothing_created(
         auth_server, monkeypatch, capsys):
     uri, admin, _ = auth_server
     name = f"no-manage-{uuid.uuid4().hex[:8]}"
@@ -115,8 +124,10 @@ def test_a_sweep_whose_user_may_not_grant_is_refused_in_one_line_with_nothing_cr
                   poll_seconds=0)
     assert sweep.run() == EXIT_BAD_INPUT
     error = capsys.readouterr().err
-    assert error.startswith("error: cannot grant 'trainer' EDIT on experiment") \
-        and error.count("\n") == 1, error
+    trial_user = f"trial-{objects['experiment_id']}-{spec.sweep_id()}"
+    assert error == (f"error: cannot make the sweep's trial user '{trial_user}': Permission "
+                     f"denied: '{analyst[0]}' may not create user '{trial_user}': it needs MANAGE "
+                     f"on experiment {objects['experiment_id']}\n"), error
     _login(monkeypatch, admin)
     runs = MlflowClient(uri).search_runs([objects["experiment_id"]])
     assert [r.info.run_id for r in runs] == [objects["run_id"]]  # no sweep run, no trial

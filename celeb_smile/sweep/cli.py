@@ -38,9 +38,9 @@ def build_parser():
     add("--objective", metavar="METRIC",
         help="metric to rank runs by (default val_accuracy): one training logs, "
              "or a custom one the sweep file declares")
-    add("--early-stopping", choices=("median", "asha", "none"),
-        help="stop hopeless trials early by the median rule or ASHA (settings: the sweep "
-             "file's early_stopping, else the rule's defaults); none: never")
+    add("--early-stopping", choices=("median", "asha", "hyperband", "none"),
+        help="stop hopeless trials early by the median rule, ASHA or Hyperband (settings: the "
+             "sweep file's early_stopping, else the rule's defaults); none: never")
     add("--goal", type=float, metavar="VALUE",
         help="end the sweep once a trial's objective reaches VALUE")
     add("--budget-epochs", type=int, metavar="N",
@@ -374,12 +374,14 @@ def _steer(args, console, cleanup) -> int:
 
 
 def _detach(args, spec, backend, cluster: _Cluster, tracking_uri: str, console) -> int:
-    """Prepare as a sweep run here would (images, experiment, trainer grant), then submit the
-    sweep's controller as a Job and exit."""
+    """Prepare as a sweep run here would (images, experiment; the sweep's trial user made and
+    deleted at once, so that a refusal shows here, not in the controller's log), then submit
+    the sweep's controller as a Job and exit."""
     import threading
 
     from celeb_smile.sweep import detach
-    from celeb_smile.sweep.access import AccessError, grant_trainer
+    from celeb_smile.sweep.access import (AccessError, close_trial_user, open_trial_user,
+                                          trial_username)
     from celeb_smile.sweep.backends import code_version
     from celeb_smile.sweep.backends.kubernetes import pushed_image
     from celeb_smile.sweep.record import SweepRecord
@@ -399,7 +401,10 @@ def _detach(args, spec, backend, cluster: _Cluster, tracking_uri: str, console) 
         console, detach.controller_image(backend.config["repository-uri"], backend.image),
         PROJECT_DIR / "k8s" / "controller" / "Dockerfile", build=not args.no_build)
     try:
-        grant_trainer(tracking_uri, record.experiment_id)
+        trial_user = trial_username(record.experiment_id, sweep_id)
+        if not backend.has_trial_credentials(trial_user):  # else: the controller adopts it
+            open_trial_user(tracking_uri, trial_user, record.experiment_id)
+            close_trial_user(tracking_uri, trial_user)
     except AccessError as error:
         return fail(str(error))
     started_by = detach.who()

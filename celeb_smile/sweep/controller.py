@@ -22,7 +22,8 @@ from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, DISRUPTIONS_TAG, ERR
                                    STOPPED_TAG, SWEEP_RUN_TAG, TrialState)
 from celeb_smile.retry import Unavailable, retrying
 from celeb_smile.sweep import report
-from celeb_smile.sweep.access import AccessError, grant_trainer
+from celeb_smile.sweep.access import (AccessError, close_trial_user, has_users, open_trial_user,
+                                      trial_username)
 from celeb_smile.sweep.backends import LaunchError
 from celeb_smile.sweep.backends import code_version as current_code_version
 from celeb_smile.sweep.policy import Policy
@@ -72,6 +73,7 @@ class SweepController:
         self.handing_over = threading.Event()
         self._wakeup = threading.Event()  # ends the wait for the next poll
         self.lease_wait_s = lease_wait_s  # how long to wait for another holder's lease
+        self.trial_user: str | None = None  # the sweep's trial user, while the sweep runs
         self.cancelled_by = ""  # who asked for the sweep's end (driver.py --cancel)
         self.paused_by = ""  # who paused it (driver.py --pause): nothing runs until --resume
         self.tracking = Tracking(tracking_uri, self.interrupted, outage_seconds,
@@ -117,7 +119,7 @@ class SweepController:
             return self._refuse(holder)
         self.backend.prepare(self.console)  # before the parent run: a failure leaves no trace
         try:
-            self._grant_trainer()
+            self._open_trial_user()
         except AccessError as error:
             print(f"error: {error}", file=sys.stderr)
             return EXIT_BAD_INPUT
@@ -131,10 +133,10 @@ class SweepController:
                 self._announce()
                 self._run_trials()
         except HardStop:
-            return self._hard_exit()
+            return self._ended(self._hard_exit())
         if self.handing_over.is_set():
-            return self._hand_over()
-        return self._close()
+            return self._hand_over()  # the trials keep running: so do their credentials
+        return self._ended(self._close())
 
     def _wait_for_lease(self):
         """(another live holder of the sweep's lease or None, the parent run, the trial runs),
@@ -174,11 +176,39 @@ class SweepController:
                 "max_parallel": str(self.spec.max_parallel),
                 "objective": f"{objective.direction} {objective.metric}"}
 
-    def _grant_trainer(self) -> None:
-        """On a server with authentication, the training pods' identity may log to runs of
-        this experiment (and nothing else)."""
-        if self.backend.remote:
-            grant_trainer(self.tracking.tracking_uri, self.record.experiment_id)
+    # -- the sweep's trial user: its trials' only credentials, while the sweep runs -----------
+    def _open_trial_user(self) -> None:
+        """On a server with authentication, remote trials log as the sweep's own trial user,
+        made now with EDIT on the experiment, its password in a Secret of the sweep; or, when
+        an earlier controller of the sweep left that Secret (its trials may still run), as
+        that one. Local trials log as whoever runs the sweep."""
+        if not self.backend.remote or not has_users(self.tracking.tracking_uri):
+            return
+        username = trial_username(self.record.experiment_id, self.sweep_id)
+        if not self.backend.has_trial_credentials(username):
+            password = open_trial_user(self.tracking.tracking_uri, username,
+                                       self.record.experiment_id)
+            if password is None:
+                self.console.print(f"tracking server {self.tracking.tracking_uri} has no "
+                                   "authentication: the trials need no user of their own",
+                                   highlight=False)
+                return
+            self.backend.keep_trial_credentials(username, password)
+        self.backend.use_trial_credentials(username)
+        self.trial_user = username
+
+    def _ended(self, exit_code: int) -> int:
+        """The sweep is over (finished, failed, cancelled, interrupted): its trial user and
+        Secret go, the Secret first (a Secret always names an existing user)."""
+        if self.trial_user is None:
+            return exit_code
+        try:
+            self.backend.drop_trial_credentials(self.trial_user)
+            close_trial_user(self.tracking.tracking_uri, self.trial_user)
+        except Exception as error:  # noqa: BLE001 - the sweep's outcome stands
+            print(f"error: the sweep's trial user {self.trial_user!r} may still exist ({error});"
+                  f" `driver.py --cancel {self.sweep_id}` deletes it", file=sys.stderr)
+        return exit_code
 
     def _close(self) -> int:
         self.status = self._final_status()

@@ -1,5 +1,5 @@
 """Sweeps that outlive the laptop: `driver.py --backend kubernetes --detach` prepares the sweep
-as always (image, validation, experiment, trainer grant), then hands it to a controller that
+as always (image, validation, experiment, trial-user check), then hands it to a controller that
 runs as a Kubernetes Job in the sweep's namespace, and exits.
 
 The controller is this same driver (`driver.py --run-detached DIR`) on the controller image

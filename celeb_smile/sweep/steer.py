@@ -15,7 +15,9 @@ from celeb_smile.constants import (CANCEL_TAG, CODE_VERSION_TAG, COMPONENT_LABEL
                                    EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIAL_FAILED,
                                    PAUSE_TAG, REASON_TAG, SWEEP_LABEL, TrialState)
 from celeb_smile.sweep import detach, report
-from celeb_smile.sweep.backends.kubernetes import REQUEST_TIMEOUT, TRIAL_COMPONENT, JobWatch
+from celeb_smile.sweep.access import AccessError, close_trial_user, trial_username
+from celeb_smile.sweep.backends.kubernetes import (REQUEST_TIMEOUT, TRIAL_COMPONENT, JobWatch,
+                                                   delete_trial_secret, trial_secret_name)
 from celeb_smile.sweep.progress import Progress, counted
 from celeb_smile.sweep.record import SweepRecord
 from celeb_smile.sweep.spec import spec_from_data
@@ -183,6 +185,7 @@ class Steering:
         experiment_id, parent = self.find(sweep_id)
         if parent.info.status != "RUNNING":
             self.console.print(f"sweep {sweep_id} already ended {parent.info.status}")
+            self._forget_trial_user(experiment_id, sweep_id)  # a crashed controller's
             return EXIT_OK
         by = detach.who()
         self.tracking.patient("ask for the cancellation", lambda: self.client.set_tag(
@@ -194,11 +197,28 @@ class Steering:
                                "here", highlight=False)
             self._cancel_here(experiment_id, sweep_id, parent.info.run_id, by)
         left = self._wait_for_no_trial_pods(sweep_id)
+        self._forget_trial_user(experiment_id, sweep_id)
         killed = sum(t.state == S.KILLED for t in self.trials(experiment_id, sweep_id)[1])
         self.console.print(f"sweep {sweep_id} cancelled by {by}: {killed} trials KILLED; "
                            + (f"trial pods still there: {', '.join(left)}" if left
                               else "no trial pod left"), highlight=False)
         return EXIT_OK if not left else EXIT_TRIAL_FAILED
+
+    def _forget_trial_user(self, experiment_id: str, sweep_id: str) -> None:
+        """The sweep's trial user and its Secret, which its controller deletes when the sweep
+        ends, unless it died first (already gone: nothing to do)."""
+        from kubernetes.client.rest import ApiException
+
+        username = trial_username(experiment_id, sweep_id)
+        try:
+            delete_trial_secret(self.core, self.namespace, username)
+            close_trial_user(self.tracking.tracking_uri, username)
+        except ApiException as error:
+            self.console.print(f"error: the sweep's Secret {trial_secret_name(username)} and "
+                               f"trial user were not deleted: {error.status} {error.reason}",
+                               style="red", highlight=False, markup=False)
+        except AccessError as error:
+            self.console.print(f"error: {error}", style="red", highlight=False, markup=False)
 
     def _wait_for_end(self, parent_run_id: str) -> bool:
         deadline = time.monotonic() + CANCEL_WAIT_S

@@ -191,11 +191,13 @@ def grant(base_uri: str, admin, username: str, resource_type: str, resource_id: 
     assert status == 200, (status, payload[:500])
 
 
-def create_sweep_objects(base_uri: str, admin, identity: str, other_trial_user: str) -> dict:
-    """As the sweep driver would, for a trial logging as `identity`: an experiment it may EDIT,
-    the sweep's parent run, the trial's run (tagged for `identity` if it is a trial user),
-    another trial's run, an artifact the admin wrote in the trial's run, and a registered model
-    `identity` may EDIT (so that MLflow alone would let it add a version)."""
+def create_sweep_objects(base_uri: str, admin, identity: str, other_trial_user: str,
+                         experiment_id: str | None = None) -> dict:
+    """As the sweep driver would, for a trial logging as `identity`: an experiment it may EDIT
+    (`experiment_id` when given: `identity` was granted it already), the sweep's parent run,
+    the trial's run (tagged for `identity` if it is a trial user), another trial's run, an
+    artifact the admin wrote in the trial's run, and a registered model `identity` may EDIT
+    (so that MLflow alone would let it add a version)."""
     def post(path, body):
         status, payload = request(base_uri, Route("rest", "POST", path, body), admin)
         assert status == 200, (path, status, payload[:500])
@@ -207,7 +209,10 @@ def create_sweep_objects(base_uri: str, admin, identity: str, other_trial_user: 
         return post("/api/2.0/mlflow/runs/create", body)["run"]["info"]["run_id"]
 
     name = f"sweep-{uuid.uuid4().hex[:10]}"
-    experiment_id = post("/api/2.0/mlflow/experiments/create", {"name": name})["experiment_id"]
+    granted = experiment_id is not None
+    if not granted:
+        experiment_id = post("/api/2.0/mlflow/experiments/create",
+                             {"name": name})["experiment_id"]
     parent = create_run({SWEEP_ID_TAG: name})
     owner = {TRIAL_USER_TAG: identity} if identity.startswith(TRIAL_USER_PREFIX) else {}
     run_id = create_run({SWEEP_ID_TAG: name, SWEEP_RUN_TAG: parent, **owner})
@@ -217,7 +222,8 @@ def create_sweep_objects(base_uri: str, admin, identity: str, other_trial_user: 
     status, _ = request(base_uri, Route("artifacts", "PUT", artifact), admin, data=b"by admin\n")
     assert status == 200, status
     post("/api/2.0/mlflow/registered-models/create", {"name": name})
-    grant(base_uri, admin, identity, "experiment", experiment_id)
+    if not granted:
+        grant(base_uri, admin, identity, "experiment", experiment_id)
     grant(base_uri, admin, identity, "registered_model", name)
     return {"name": name, "experiment_id": experiment_id, "parent_run_id": parent,
             "run_id": run_id, "other_run_id": other, "model": name}

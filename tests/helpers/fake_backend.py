@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.utils.time import get_current_time_millis as now_ms
 
-from celeb_smile.constants import TrialState
+from celeb_smile.constants import TRIAL_USER_TAG, TrialState
 from celeb_smile.sweep.backends import LaunchError, Observation
 
 ADOPT_TAG = "fake.handle"
@@ -59,12 +59,26 @@ class FakeBackend:
     polls: int = 0
     max_in_flight: int = 0
     calls: int = 0
+    trial_credentials: dict = field(default_factory=dict)  # the sweep's Secrets: user -> password
+    trial_user: str | None = None  # whom its trials log as (a remote backend, with auth)
 
     def prepare(self, console) -> None:
         self.client = MlflowClient()
 
+    def has_trial_credentials(self, username: str) -> bool:
+        return username in self.trial_credentials
+
+    def keep_trial_credentials(self, username: str, password: str) -> None:
+        self.trial_credentials[username] = password
+
+    def use_trial_credentials(self, username: str) -> None:
+        self.trial_user = username
+
+    def drop_trial_credentials(self, username: str) -> None:
+        self.trial_credentials.pop(username, None)
+
     def run_tags(self, trial) -> dict:
-        return {}
+        return {TRIAL_USER_TAG: self.trial_user} if self.trial_user else {}
 
     def launch(self, trial, experiment_id, tracking_uri) -> FakeHandle:
         if self.reject:

@@ -5,6 +5,12 @@ The driver creates the Jobs itself, as MLflow's kubernetes backend would (same t
 entry-point command, same MLFLOW_* variables), but with a name derived from the run id, so a
 retried submission never makes a second Job, and with labels that list a whole sweep's Jobs and
 pods in one call.
+
+On a tracking server with authentication, the trials log as the sweep's trial user
+(celeb_smile.sweep.access): its credentials are a Secret of the sweep, `celeb-smile-<user>`,
+which the controller creates (never reads) when the sweep starts and deletes when it ends, and
+which each Job's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD name instead of the Job
+template's (the shared `trainer`'s, for a single `mlflow run`).
 """
 
 import copy
@@ -16,13 +22,16 @@ from pathlib import Path
 import yaml
 
 from celeb_smile.constants import (COMPONENT_LABEL, EXIT_TERMINATED, JOB_TAG, RUN_LABEL,
-                                   SWEEP_ENV, SWEEP_LABEL, TrialState)
+                                   SWEEP_ENV, SWEEP_LABEL, TRIAL_USER_TAG, TrialState)
 from celeb_smile.sweep.backends import (LaunchError, Observation, PreparationError,
                                         entry_point_argv, run_docker)
 from celeb_smile.sweep.spec import PROJECT_DIR, project
 
 REQUEST_TIMEOUT = (5, 15)  # connect, read (seconds) on every Kubernetes API call
 TRIAL_COMPONENT = "training"  # job_template.yaml's component label
+CREDENTIALS_COMPONENT = "trial-credentials"  # a sweep's trial-user Secret
+# The pod's variable -> its key in the sweep's trial-user Secret.
+CREDENTIAL_KEYS = {"MLFLOW_TRACKING_USERNAME": "username", "MLFLOW_TRACKING_PASSWORD": "password"}
 DATA_VOLUMES = ("tfds-data",)  # mounted only by trials that read CelebA
 # Waiting reasons that do not resolve by themselves. ErrImagePull is not among them: a pull
 # can fail once and then succeed; Kubernetes moves to ImagePullBackOff when it keeps failing.
@@ -62,6 +71,7 @@ class KubernetesBackend:
         self.image_ref = image_ref  # image@digest, once prepared (given: a detached controller)
         self.core = self.batch = None
         self.watch: JobWatch | None = None  # once prepared
+        self.trial_user: str | None = None  # the sweep's trial user, once its Secret is there
 
     # -- set-up ------------------------------------------------------------------------------
     def prepare(self, console) -> None:
@@ -72,9 +82,28 @@ class KubernetesBackend:
                                           build=self.build)
 
     def run_tags(self, trial) -> dict[str, str]:
+        owner = {TRIAL_USER_TAG: self.trial_user} if self.trial_user else {}
         return {JOB_TAG: f"{self.namespace}/{job_name(self.sweep_id, trial)}",
                 "mlflow.project.backend": "kubernetes", "mlflow.project.env": "docker",
-                "mlflow.docker.image.uri": self.image_ref or self.image}
+                "mlflow.docker.image.uri": self.image_ref or self.image, **owner}
+
+    # -- the sweep's trial user's credentials ------------------------------------------------
+    def has_trial_credentials(self, username: str) -> bool:
+        """Whether an earlier controller of the sweep left `username`'s Secret (its trials,
+        still running, use it): asked by a dry-run create, so nothing reads a Secret."""
+        return not create_trial_secret(self.core, self.namespace, self.sweep_id, username,
+                                       "", dry_run=True)
+
+    def keep_trial_credentials(self, username: str, password: str) -> None:
+        create_trial_secret(self.core, self.namespace, self.sweep_id, username, password)
+
+    def use_trial_credentials(self, username: str) -> None:
+        """From now on, trials log as `username` (its Secret exists): their runs are tagged
+        for it and their Jobs read its Secret."""
+        self.trial_user = username
+
+    def drop_trial_credentials(self, username: str) -> None:
+        delete_trial_secret(self.core, self.namespace, username)
 
     def launched_tags(self, handle: KubernetesTrial) -> dict[str, str]:
         return {}  # the Job's name is known before it is created: run_tags has it
@@ -117,6 +146,8 @@ class KubernetesBackend:
             "MLFLOW_RUN_ID": trial.run_id, "MLFLOW_EXPERIMENT_ID": experiment_id,
             SWEEP_ENV: self.sweep_id,
             "MLFLOW_TRACKING_URI": self.cluster_tracking_uri}.items()]
+        if self.trial_user:
+            _use_credentials(container, trial_secret_name(self.trial_user))
         if trial.params.get("dataset") != "celeb_a":
             _drop_volumes(pod["spec"], DATA_VOLUMES)
         return job
@@ -275,6 +306,49 @@ class JobWatch:
                 texts.append(f"(no log from pod {pod.metadata.name}: {error.reason})")
         return "\n".join(texts)
 
+
+
+def trial_secret_name(username: str) -> str:
+    return f"celeb-smile-{username}"
+
+
+def create_trial_secret(core, namespace: str, sweep_id: str, username: str, password: str,
+                        dry_run: bool = False) -> bool:
+    """The sweep's Secret of `username`'s credentials; False when it exists already."""
+    from kubernetes.client import V1ObjectMeta, V1Secret
+    from kubernetes.client.rest import ApiException
+
+    labels = {SWEEP_LABEL: sweep_id, COMPONENT_LABEL: CREDENTIALS_COMPONENT}
+    secret = V1Secret(metadata=V1ObjectMeta(name=trial_secret_name(username), labels=labels),
+                      type="Opaque", string_data={"username": username, "password": password})
+    try:
+        core.create_namespaced_secret(namespace, secret, _request_timeout=REQUEST_TIMEOUT,
+                                      **({"dry_run": "All"} if dry_run else {}))
+    except ApiException as error:
+        if error.status == 409:
+            return False
+        raise
+    return True
+
+
+def delete_trial_secret(core, namespace: str, username: str) -> None:
+    """Delete `username`'s Secret; one already gone is fine."""
+    from kubernetes.client.rest import ApiException
+
+    try:
+        core.delete_namespaced_secret(trial_secret_name(username), namespace,
+                                      _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status != 404:
+            raise
+
+
+def _use_credentials(container: dict, secret_name: str) -> None:
+    """The container's MLflow credentials from `secret_name`, whatever the template named."""
+    env = [v for v in container.get("env", []) if v["name"] not in CREDENTIAL_KEYS]
+    container["env"] = env + [
+        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
+        for name, key in CREDENTIAL_KEYS.items()]
 
 
 def in_flight_selector(trials) -> str:
