@@ -32,6 +32,8 @@ class Refused(RuntimeError):
 REFUSED_STATUSES = (401, 403)
 # MLflow's error for an answer that is not its JSON (its auth app's plain-text 403 is one).
 PLAIN_ERROR_STATUS = re.compile(r"failed with error code (\d{3})")
+# The server's rules (k8s/server/trial_rules.py) say why in their 403: "Permission denied: WHY".
+REFUSAL_REASON = re.compile(r"Permission denied: (.+?)'?$")  # MLflow quotes the body: '...'
 
 
 def backoff_delays(first: float = BACKOFF_FIRST_S, cap: float = BACKOFF_MAX_S):
@@ -109,14 +111,25 @@ def patiently(what: str, call, patience_s: float = OUTAGE_PATIENCE_S):
         status = refusal_status(error)
         if status is None:
             raise
-        raise Refused(refusal_message(what, status)) from None
+        raise Refused(refusal_message(what, status, refusal_reason(error))) from None
 
 
-def refusal_message(what: str, status: int) -> str:
+def refusal_reason(error: BaseException) -> str:
+    """What the server's rules said was missing ('' when it said only "Permission denied")."""
+    response = getattr(error, "response", None)
+    text = error.message if isinstance(error, MlflowException) else \
+        getattr(response, "text", "") or ""
+    found = REFUSAL_REASON.search(text.strip().splitlines()[-1] if text.strip() else "")
+    return found[1].strip() if found else ""
+
+
+def refusal_message(what: str, status: int, reason: str = "") -> str:
     user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no user)"
     if status == 401:
         return (f"the tracking server does not accept user {user!r}'s credentials (401) "
                 f"to {what}: check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+    if reason:
+        return f"user {user!r} may not {what} (403 Permission denied: {reason})"
     experiment = os.environ.get("MLFLOW_EXPERIMENT_ID", "?")
     return (f"user {user!r} may not {what} (403 Permission denied): it needs EDIT on "
             f"experiment {experiment}")

@@ -7,7 +7,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException, RestException
 
-from celeb_smile.retry import Unavailable, patiently, retrying, tracking_transient
+from celeb_smile.retry import (Unavailable, patiently, refusal_message, refusal_reason, retrying,
+                               tracking_transient)
 from tests.helpers.flaky_front import flaky_front
 
 
@@ -17,6 +18,22 @@ def _http_error(status: int):
     response = requests.Response()
     response.status_code = status
     return requests.HTTPError(f"{status} error", response=response)
+
+
+def test_a_refusal_names_the_rule_the_server_gave_else_the_permission_to_grant(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "trial-7-abc")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "7")
+    ruled = MlflowException("API request to endpoint /api/2.0/mlflow/runs/set-tag failed with "
+                            "error code 403 != 200. Response body: 'Permission denied: a trial "
+                            "user may tag only its own sweep's runs'")
+    assert refusal_message("tag the run", 403, refusal_reason(ruled)) == (
+        "user 'trial-7-abc' may not tag the run (403 Permission denied: a trial user may tag "
+        "only its own sweep's runs)")
+    plain = MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with "
+                            "error code 403 != 200. Response body: 'Permission denied'")
+    assert refusal_reason(plain) == ""
+    assert refusal_message("open the run", 403, refusal_reason(plain)).endswith(
+        "(403 Permission denied): it needs EDIT on experiment 7")
 
 
 @pytest.mark.parametrize("error, worth_retrying", [
