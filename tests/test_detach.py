@@ -40,6 +40,18 @@ def test_what_the_laptop_hands_over_is_the_same_sweep_with_the_same_settings(tmp
         str(tmp_path / "job_template.yaml")
 
 
+def test_the_flags_of_the_laptops_command_line_reach_the_controllers():
+    laptop = build_parser().parse_args(["--promote", "--rerun", "--pending-timeout", "60",
+                                        "--max-disruptions", "5", "--poll-seconds", "2"])
+    options = detach.ControllerOptions.from_args(
+        laptop, tracking_uri="http://mlflow:5000", image_ref="i", code_version="c",
+        started_by="alice@laptop")
+    in_the_pod = build_parser().parse_args([])
+    options.apply_to(in_the_pod)
+    for name in detach.ControllerOptions.FROM_FLAGS:
+        assert getattr(in_the_pod, name) == getattr(laptop, name), name
+
+
 def controller_job() -> dict:
     return detach.controller_job("ns", "0123456789ab", "localhost:5001/c@sha256:" + "1" * 64,
                                  "7", "alice@laptop")

@@ -408,12 +408,9 @@ def _detach(args, spec, backend, cluster: _Cluster, tracking_uri: str, console) 
     except AccessError as error:
         return fail(str(error))
     started_by = detach.who()
-    options = detach.ControllerOptions(
-        tracking_uri=cluster.tracking_uri, image_ref=backend.image_ref,
-        code_version=record.code_version, started_by=started_by, rerun=args.rerun,
-        promote=args.promote, warm_start=args.warm_start,
-        pending_timeout=args.pending_timeout, outage_timeout=args.outage_timeout,
-        poll_seconds=args.poll_seconds, max_disruptions=args.max_disruptions)
+    options = detach.ControllerOptions.from_args(
+        args, tracking_uri=cluster.tracking_uri, image_ref=backend.image_ref,
+        code_version=record.code_version, started_by=started_by)
     files = detach.handover_files(spec, options, backend.template_text, backend.config)
     job = detach.controller_job(cluster.namespace, sweep_id, controller_image,
                                 record.experiment_id, started_by)
@@ -449,10 +446,7 @@ def _run_detached(args, console) -> int:
 
     spec, options, config_path = detach.load_handover(Path(args.run_detached))
     detach.log_in_from()
-    args.rerun, args.promote, args.warm_start = options.rerun, options.promote, \
-        options.warm_start
-    args.pending_timeout, args.outage_timeout = options.pending_timeout, options.outage_timeout
-    args.poll_seconds, args.max_disruptions = options.poll_seconds, options.max_disruptions
+    options.apply_to(args)
     os.environ["MLFLOW_TRACKING_URI"] = options.tracking_uri
     backend = _Cluster.backend_from(config_path, options.tracking_uri, spec.sweep_id(),
                                     options.image_ref)

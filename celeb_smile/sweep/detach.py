@@ -63,6 +63,19 @@ class ControllerOptions:
     poll_seconds: float | None = None
     max_disruptions: int = 3
 
+    # The fields the driver's own flags set (args.<name>), handed over as they were given.
+    FROM_FLAGS = ("rerun", "promote", "warm_start", "pending_timeout", "outage_timeout",
+                  "poll_seconds", "max_disruptions")
+
+    @classmethod
+    def from_args(cls, args, **fields) -> "ControllerOptions":
+        return cls(**fields, **{name: getattr(args, name) for name in cls.FROM_FLAGS})
+
+    def apply_to(self, args) -> None:
+        """Set the flags on `args` as the laptop's command line had them."""
+        for name in self.FROM_FLAGS:
+            setattr(args, name, getattr(self, name))
+
 
 def controller_job_name(sweep_id: str) -> str:
     return f"celeb-smile-{sweep_id}-{COMPONENT}"

@@ -75,8 +75,10 @@ class KubernetesBackend:
 
     # -- set-up ------------------------------------------------------------------------------
     def prepare(self, console) -> None:
-        self.core, self.batch = kubernetes_clients(self.config.get("kube-context"))
-        self.watch = JobWatch(self.core, self.batch, self.namespace, self.sweep_id)
+        """Clients and the image (found, or built and pushed); once: a second call does nothing."""
+        if self.core is None:
+            self.core, self.batch = kubernetes_clients(self.config.get("kube-context"))
+            self.watch = JobWatch(self.core, self.batch, self.namespace, self.sweep_id)
         if self.image_ref is None:
             self.image_ref = pushed_image(console, self.image, PROJECT_DIR / "Dockerfile",
                                           build=self.build)
