@@ -161,15 +161,23 @@ def test_the_trial_user_does_a_trials_job_and_is_refused_the_rest(server, monkey
             if not body.startswith("Permission denied: ")} == {}
 
 
-def test_a_trial_users_credentials_stop_when_the_sweep_ends(server, monkeypatch):
-    """At once, although the server remembers a verified password for a minute."""
+def _trial_user_that_has_read(server, sweep_id: str, monkeypatch):
+    """A sweep's trial user that has read its run once, so the server now remembers its
+    password: (username, password, the sweep's objects, that read)."""
     uri, admin, person, experiment_id, _ = server
-    username = trial_username(experiment_id, "cafe02")
+    username = trial_username(experiment_id, sweep_id)
     _login(monkeypatch, person)
     password = open_trial_user(uri, username, experiment_id)
     objects = create_sweep_objects(uri, admin, username, "trial-other", experiment_id)
     read = Route("rest", "GET", f"/api/2.0/mlflow/runs/get?run_id={objects['run_id']}")
-    assert request(uri, read, (username, password))[0] == 200  # its password now remembered
+    assert request(uri, read, (username, password))[0] == 200
+    return username, password, objects, read
+
+
+def test_a_trial_users_credentials_stop_when_the_sweep_ends(server, monkeypatch):
+    """At once, although the server remembers a verified password for a minute."""
+    uri = server[0]
+    username, password, objects, read = _trial_user_that_has_read(server, "cafe02", monkeypatch)
 
     close_trial_user(uri, username)
     assert request(uri, read, (username, password))[0] == 401
@@ -185,13 +193,8 @@ def test_a_trial_user_deleted_by_another_server_process_is_refused_at_once(serve
     password (auth_cache_ttl_seconds); the user's existence is checked on every request."""
     from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
 
-    uri, admin, person, experiment_id, _ = server
-    username = trial_username(experiment_id, "dead03")
-    _login(monkeypatch, person)
-    password = open_trial_user(uri, username, experiment_id)
-    objects = create_sweep_objects(uri, admin, username, "trial-other", experiment_id)
-    read = Route("rest", "GET", f"/api/2.0/mlflow/runs/get?run_id={objects['run_id']}")
-    assert request(uri, read, (username, password))[0] == 200  # its password now remembered
+    uri = server[0]
+    username, password, _, read = _trial_user_that_has_read(server, "dead03", monkeypatch)
 
     elsewhere = SqlAlchemyStore()  # as another worker's delete does: same database, not ours
     elsewhere.init_db(SERVER_FILES["auth database"])
