@@ -8,8 +8,8 @@ start-up trials); Optuna's HyperbandPruner with its defaults (min_resource 1, re
 judging the objective, reported after every epoch. Parallelism is Optuna's documented way:
 `max_parallel` worker processes sharing one study through a journal file, each asking,
 training and telling in turn (ask-and-tell). Trials train the project's model through its own
-code (celeb_smile.training.prepare: the model, datasets and per-epoch randomness), in-process: no MLflow run,
-no process per trial, a pruned trial stops right after the epoch that decided it.
+code (celeb_smile.training.prepare: the model, datasets and per-epoch randomness), in-process:
+no MLflow run, no process per trial, a pruned trial stops right after the epoch that decided it.
 
     .venv/bin/python benchmarks/optuna_study.py SWEEP.yaml DIR   # one study; prints its stats
 """
