@@ -3,6 +3,7 @@ trial, nested runs, failures with their Kubernetes reason, resume as a no-op, ca
 without leftovers; and the faults a long sweep meets: a Job deleted behind its back, the driver
 SIGKILLed and started again, a submission the API server refuses, an early-stopped trial."""
 
+import copy
 import json
 import re
 import signal
@@ -144,20 +145,38 @@ def test_a_killed_driver_started_again_adopts_its_trials(cluster_stack, training
 
 def test_a_refused_submission_ends_its_run_failed_with_the_reason(
         cluster_stack, training_jobs, tmp_path):
+    """A namespace that does not exist stops the sweep before anything is created; a Job the
+    API server rejects ends its trial's run FAILED with the API's reason."""
     config = json.loads(cluster_stack.backend_config.read_text())
     template = yaml.safe_load(open(cluster_stack.backend_config.parent /
                                    config["kube-job-template-path"]))
-    template["metadata"]["namespace"] = "celeb-smile-no-such-namespace"
-    (tmp_path / "job.yaml").write_text(yaml.safe_dump(template))
-    config["kube-job-template-path"] = str(tmp_path / "job.yaml")
-    (tmp_path / "config.json").write_text(json.dumps(config))
+
+    def sweep_with(job_template: dict, experiment: str):
+        (tmp_path / "job.yaml").write_text(yaml.safe_dump(job_template))
+        (tmp_path / "config.json").write_text(json.dumps(
+            {**config, "kube-job-template-path": str(tmp_path / "job.yaml")}))
+        return run_driver(cluster_stack, training_jobs, "--experiment", experiment,
+                          "--no-build", *TINY, backend_config=tmp_path / "config.json")
+
+    nowhere = copy.deepcopy(template)
+    nowhere["metadata"]["namespace"] = "celeb-smile-no-such-namespace"
+    experiment = f"cluster-nowhere-{int(time.time())}"
+    result = sweep_with(nowhere, experiment)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 1 and len(errors) == 1, result.stderr[-3000:]
+    assert "celeb-smile-no-such-namespace" in errors[0] and "404" in errors[0]
+    client = MlflowClient(cluster_stack.tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    assert found is None or client.search_runs([found.experiment_id]) == []
+
+    invalid = copy.deepcopy(template)
+    invalid["spec"]["backoffLimit"] = -1  # the API server's validation refuses it: 422
     experiment = f"cluster-refused-{int(time.time())}"
-    result = run_driver(cluster_stack, training_jobs, "--experiment", experiment, "--no-build",
-                        *TINY, backend_config=tmp_path / "config.json")
+    result = sweep_with(invalid, experiment)
     assert result.returncode == 1, result.stdout[-3000:]
     _, _, (child,) = runs_on(cluster_stack, experiment)
     assert child.info.status == "FAILED"
-    assert child.data.tags[REASON_TAG].startswith("submission failed: Job rejected (404")
+    assert child.data.tags[REASON_TAG].startswith("submission failed: Job rejected (422")
 
 
 def test_an_early_stopped_trial_loses_its_job_and_pod_and_ends_killed_with_the_rule(

@@ -329,6 +329,10 @@ def create_trial_secret(core, namespace: str, sweep_id: str, username: str, pass
     except ApiException as error:
         if error.status == 409:
             return False
+        if error.status in (400, 403, 404, 422):  # e.g. no such namespace: before any run
+            raise PreparationError(
+                f"cannot create the sweep's credentials Secret in namespace {namespace!r} "
+                f"({error.status} {error.reason}): {_api_message(error)}") from None
         raise
     return True
 
