@@ -27,6 +27,8 @@ Figures (`sweep:` first: its exit code, or where it crashed):
                                   log), / N; split into the simulated trials' own (counted by
                                   the backend) and the controller's (the rest), and by endpoint
   controller_peak_rss_mb          this process's peak RSS (ru_maxrss)
+  startup_s, first_wave_s         sweep start -> the first trial launched, -> the P-th (the
+                                  first wave in flight)
   simulator_late_s_p95 / _max     how late the simulated epochs were logged (the trials kept
                                   their clock if small: otherwise wall_vs_ideal is not the
                                   controller's alone)
@@ -297,6 +299,7 @@ def figures(sweep, backend, args, wall, cpu, asks, requests, stats, rss_before,
         "n_duration_over_p_s": round(n * args.duration / parallel, 1),
         "wall_vs_ideal": round(wall / ideal, 3),
         "startup_s": round(submitted[0] - began, 1),
+        "first_wave_s": round(submitted[min(parallel, len(submitted)) - 1] - began, 1),
         "tail_s": round(finished_at - max(ended), 1),
         "window_trials": window,
         "polls": len(polls),

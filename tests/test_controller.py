@@ -21,7 +21,7 @@ from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, CODE_VERSION_TAG, DI
                                    TRIAL_INDEX_TAG)
 from celeb_smile.constants import TrialState
 from celeb_smile.retry import Unavailable
-from celeb_smile.sweep.controller import SweepController
+from celeb_smile.sweep.controller import RUN_CREATIONS_AT_ONCE, SweepController
 from celeb_smile.sweep.spec import EarlyStopping, SweepSpec
 from celeb_smile.sweep.tracking import RunSnapshot
 from celeb_smile.sweep.trial import Trial
@@ -212,6 +212,65 @@ def test_a_wave_of_trials_has_its_runs_created_together(store):
     sweep.tracking.create_run = create_in_wave
     assert sweep.run() == EXIT_OK
     assert len(backend.launched) == 3 and not wave.broken
+
+
+def test_a_round_creates_its_runs_a_few_at_a_time_and_launches_every_trial_once(store):
+    """A wave of 12 trials: never more than RUN_CREATIONS_AT_ONCE runs being created (each
+    creation is held a moment, so that all 12 would overlap if they went out together), yet
+    more than one at a time, and each trial launched once."""
+    backend = FakeBackend()
+    rates = [f"0.0{i:02d}" for i in range(1, 13)]
+    sweep = make_sweep(backend, {"learning_rate": rates}, max_parallel=12)
+    create_run, log_tags = sweep.tracking.create_run, sweep.tracking.log_tags
+    lock, creating, most = threading.Lock(), set(), []
+
+    def held(name, call, *args):
+        with lock:
+            creating.add(name)
+            most.append(len(creating))
+        time.sleep(0.05)
+        result = call(*args)
+        with lock:
+            creating.discard(name)
+        return result
+
+    def counted_create(*args):
+        return held(args[1], create_run, *args)
+
+    def counted_log_tags(run_id, tags, params=None):
+        if params:  # the creation's second half: the trial's tags and parameters
+            return held(run_id, log_tags, run_id, tags, params)
+        return log_tags(run_id, tags, params)
+
+    sweep.tracking.create_run, sweep.tracking.log_tags = counted_create, counted_log_tags
+    assert sweep.run() == EXIT_OK
+    assert 1 < max(most) <= RUN_CREATIONS_AT_ONCE
+    launched = sorted(h.params["learning_rate"] for h in backend.launched)
+    assert len(set(launched)) == 12 and launched == sorted(t.params["learning_rate"]
+                                                           for t in sweep.trials)
+    assert len(trial_runs(store)) == 12
+
+
+def test_a_round_interrupted_while_its_runs_are_created_creates_no_more(store):
+    """Ctrl-C during the first creation of a 10-trial wave: the creations already under way
+    end (their runs KILLED), the rest never get a run, and nothing launches."""
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"learning_rate": [f"0.0{i:02d}" for i in range(1, 11)]},
+                       max_parallel=10)
+    create_run = sweep.tracking.create_run
+
+    def interrupt_then_create(*args):
+        sweep.interrupted.set()
+        return create_run(*args)
+
+    sweep.tracking.create_run = interrupt_then_create
+    assert sweep.run() == EXIT_INTERRUPTED
+    assert backend.launched == []
+    runs = trial_runs(store)
+    assert 1 <= len(runs) <= RUN_CREATIONS_AT_ONCE
+    assert {r.info.status for r in runs} == {"KILLED"}
+    assert len(sweep.trials) == 10 and {t.state for t in sweep.trials} == {TrialState.KILLED}
+    assert {t.reason for t in sweep.trials} == {"sweep interrupted before its Job was created"}
 
 
 def test_a_trial_whose_run_was_created_as_the_sweep_was_interrupted_never_launches(store):
