@@ -4,13 +4,14 @@
     scripts/tracking.py [--namespace NS]                  # `make ui`: print the UI's URL, forward until Ctrl-C
     scripts/tracking.py [--namespace NS] -- mlflow run .  --backend kubernetes ...
         # run a command with MLFLOW_TRACKING_URI (this machine's forwarded address) and
-        # KUBE_MLFLOW_TRACKING_URI (the pods' address) set; exits with its exit code
+        # KUBE_MLFLOW_TRACKING_URI (the pods' address) set; exits with its exit code.
+        # `mlflow run --backend kubernetes` runs as a trial user made for that run and
+        # removed after it (celeb_smile.sweep.single_run): no grant by hand.
 """
 
 import argparse
 import os
 import socket
-import subprocess
 import sys
 import threading
 
@@ -41,12 +42,13 @@ def main(argv=None) -> int:
 
 
 def _run(command: list[str], local_uri: str, pods_uri: str) -> int:
-    env = dict(os.environ, MLFLOW_TRACKING_URI=local_uri, KUBE_MLFLOW_TRACKING_URI=pods_uri)
+    """`command` with the tracking addresses in the environment; an `mlflow run --backend
+    kubernetes` with credentials of its own (single_run.py)."""
+    from celeb_smile.sweep.single_run import run_command  # MLflow: not for `make ui`
+
+    os.environ.update(MLFLOW_TRACKING_URI=local_uri, KUBE_MLFLOW_TRACKING_URI=pods_uri)
     print(f"tracking: {local_uri} (pods: {pods_uri})", file=sys.stderr, flush=True)
-    try:
-        return subprocess.run(command, env=env).returncode
-    except FileNotFoundError:
-        return fail(f"command not found: {command[0]}")
+    return run_command(command)
 
 
 def _usable(port: int) -> int:

@@ -79,3 +79,39 @@ def test_mlflows_own_refusal_is_raised_at_once(mlflow_server):
         with pytest.raises(RestException, match="RESOURCE_DOES_NOT_EXIST"):
             patiently("read", lambda: MlflowClient(uri).get_run("0" * 32))
     assert answered == [404]
+
+
+@pytest.mark.parametrize("error, says", [
+    (RestException({"error_code": "PERMISSION_DENIED", "message": "no"}),
+     "user 'trial-7-abc' may not open the run (403 Permission denied): it needs EDIT on "
+     "experiment 7"),
+    (RestException({"error_code": "UNAUTHENTICATED", "message": "who"}),
+     "the tracking server does not accept user 'trial-7-abc''s credentials (401) to open the run"),
+    (MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code "
+                     "403 != 200. Response body: 'Permission denied: a trial user may not do "
+                     "that'"),
+     "user 'trial-7-abc' may not open the run (403 Permission denied: a trial user may not do "
+     "that)"),
+    (MlflowException("API request to endpoint /api/2.0/mlflow/runs/get failed with error code "
+                     "401 != 200. Response body: 'You are not authenticated.'"),
+     "does not accept user 'trial-7-abc''s credentials (401)"),
+    (_http_error(403), "user 'trial-7-abc' may not open the run (403 Permission denied)"),
+])
+def test_a_refusal_json_or_plain_ends_the_call_at_once_in_one_line(error, says, monkeypatch):
+    """Part 5 of issue 20: never 5 minutes of retries for a 401/403, whatever its body."""
+    from celeb_smile.retry import Refused
+
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "trial-7-abc")
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_ID", "7")
+    attempts = []
+
+    def call():
+        attempts.append(1)
+        if len(attempts) > 1:
+            raise ValueError("retried")  # ends a retrying test at once, failed
+        raise error
+
+    with pytest.raises(Refused) as refused:
+        patiently("open the run", call, patience_s=300)
+    assert attempts == [1]
+    assert says in str(refused.value) and "\n" not in str(refused.value)

@@ -10,8 +10,10 @@ to the runs tagged for it (TRIAL_USER_TAG; k8s/server/trial_rules.py keeps it to
 not to delete runs, experiments or artifacts, nor to touch registered models or their aliases.
 Its password reaches the pods through a Secret of the sweep (backends/kubernetes.py).
 
-The shared `trainer` user (Secret mlflow-trainer) is kept for a single `mlflow run --backend
-kubernetes`, whose Job template names it: `grant_trainer` gives it EDIT on one experiment.
+A single `mlflow run --backend kubernetes` started through scripts/tracking.py gets a trial user
+of its own the same way, `trial-<experiment id>-<random id>`, for that run only (single_run.py).
+The shared `trainer` user (Secret mlflow-trainer), which the Job template names, is kept for a
+plain `mlflow run` without the wrapper: `grant_trainer` gives it EDIT on one experiment.
 """
 
 import secrets
@@ -67,7 +69,8 @@ def has_users(tracking_uri: str) -> bool:
     return tracking_uri.startswith(("http://", "https://"))
 
 
-def open_trial_user(tracking_uri: str, username: str, experiment_id: str) -> str | None:
+def open_trial_user(tracking_uri: str, username: str, experiment_id: str,
+                    whose: str = "the sweep's") -> str | None:
     """Make `username` anew with a random password and EDIT on `experiment_id`; the password,
     or None when the server has no authentication (nobody to make). An earlier user of that
     name (a crashed sweep's) is deleted first, so no old password still works."""
@@ -80,7 +83,7 @@ def open_trial_user(tracking_uri: str, username: str, experiment_id: str) -> str
     except MlflowException as error:
         if _no_such_route(error):
             return None
-        raise AccessError(f"cannot make the sweep's trial user {username!r}: "
+        raise AccessError(f"cannot make {whose} trial user {username!r}: "
                           f"{_reason(error)}") from None
     return password
 

@@ -10,7 +10,9 @@ On a tracking server with authentication, the trials log as the sweep's trial us
 (celeb_smile.sweep.access): its credentials are a Secret of the sweep, `celeb-smile-<user>`,
 which the controller creates (never reads) when the sweep starts and deletes when it ends, and
 which each Job's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD name instead of the Job
-template's (the shared `trainer`'s, for a single `mlflow run`).
+template's (the legacy `trainer`'s). A single `mlflow run` through scripts/tracking.py gets a
+trial user and Secret of its own the same way (celeb_smile.sweep.single_run, which reuses the
+Secret helpers and `use_credentials` below).
 """
 
 import copy
@@ -125,7 +127,7 @@ class KubernetesBackend:
                 pass
             elif error.status in (400, 403, 404, 422):
                 raise LaunchError(f"Job rejected ({error.status} {error.reason}): "
-                                  f"{_api_message(error)}") from None
+                                  f"{api_message(error)}") from None
             else:
                 raise
         return KubernetesTrial(trial.run_id, self.namespace, job["metadata"]["name"])
@@ -149,7 +151,7 @@ class KubernetesBackend:
             SWEEP_ENV: self.sweep_id,
             "MLFLOW_TRACKING_URI": self.cluster_tracking_uri}.items()]
         if self.trial_user:
-            _use_credentials(container, trial_secret_name(self.trial_user))
+            use_credentials(container, trial_secret_name(self.trial_user))
         if trial.params.get("dataset") != "celeb_a":
             _drop_volumes(pod["spec"], DATA_VOLUMES)
         return job
@@ -332,7 +334,7 @@ def create_trial_secret(core, namespace: str, sweep_id: str, username: str, pass
         if error.status in (400, 403, 404, 422):  # e.g. no such namespace: before any run
             raise PreparationError(
                 f"cannot create the sweep's credentials Secret in namespace {namespace!r} "
-                f"({error.status} {error.reason}): {_api_message(error)}") from None
+                f"({error.status} {error.reason}): {api_message(error)}") from None
         raise
     return True
 
@@ -349,7 +351,7 @@ def delete_trial_secret(core, namespace: str, username: str) -> None:
             raise
 
 
-def _use_credentials(container: dict, secret_name: str) -> None:
+def use_credentials(container: dict, secret_name: str) -> None:
     """The container's MLflow credentials from `secret_name`, whatever the template named."""
     env = [v for v in container.get("env", []) if v["name"] not in CREDENTIAL_KEYS]
     container["env"] = env + [
@@ -517,7 +519,7 @@ def _waiting_reason(pod) -> str:
     return ""
 
 
-def _api_message(error) -> str:
+def api_message(error) -> str:
     try:
         return json.loads(error.body).get("message", "")[:300]
     except (TypeError, ValueError):
