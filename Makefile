@@ -9,12 +9,15 @@ TRAIN_IMAGE := $(REGISTRY)/celeb-smile-train:0.1.0
 CONTROLLER_IMAGE := $(REGISTRY)/celeb-smile-controller:0.1.0
 # MLproject's docker_env image: `mlflow run --build-image` layers the project on it locally.
 PROJECT_IMAGE := localhost:5001/celeb-smile-train:0.1.0
-# The server's tag is k8s/kustomization.yaml's (bumped whenever the image changes).
-SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r5
+# The server's tag is k8s/tracking/kustomization.yaml's (bumped whenever the image changes).
+SERVER_IMAGE := $(REGISTRY)/celeb-smile-mlflow:3.17.2-r6
 # The images' base: a tag, or tag@sha256:<digest> to pin it (a registry's digest; the local
-# stand-in has none). PostgreSQL's image: k8s/kustomization.yaml (`digest:` pins it).
+# stand-in has none). PostgreSQL's image: k8s/tracking/kustomization.yaml (`digest:` pins it).
 PYTHON_IMAGE ?= python:3.11-slim
 NAMESPACE ?= celeb-smile
+# Trials, controllers and the people running sweeps work here; the server and its database
+# (and their Secrets) in $(NAMESPACE) (celeb_smile/deploy.py SWEEPS_SUFFIX).
+SWEEPS_NAMESPACE := $(NAMESPACE)-sweeps
 KUBECTL ?= kubectl
 PYTEST_ARGS ?=
 
@@ -51,26 +54,26 @@ images:  ## build the training, controller and tracking-server images and push t
 	docker push $(CONTROLLER_IMAGE)
 	docker push $(SERVER_IMAGE)
 
-deploy:  ## deploy the tracking server and PostgreSQL into $(NAMESPACE), images from $(REGISTRY)
+deploy:  ## deploy the tracking server and PostgreSQL into $(NAMESPACE), the sweeps' part into $(NAMESPACE)-sweeps
 	@# Writes .deploy/$(NAMESPACE)/ (git-ignored: the overlay, the backend config, and random
 	@# secrets made on first use), applies it, and waits until both Deployments are ready.
 	overlay=$$($(PYTHON) -m celeb_smile.deploy --namespace '$(NAMESPACE)' --registry '$(REGISTRY)') \
 	  && $(KUBECTL) apply -k "$$overlay" \
 	  && $(KUBECTL) -n '$(NAMESPACE)' rollout status deployment/postgres --timeout=300s \
 	  && $(KUBECTL) -n '$(NAMESPACE)' rollout status deployment/mlflow --timeout=300s \
-	  && echo "deployed to namespace $(NAMESPACE); backend config: $$overlay/kubernetes_config.json"
+	  && echo "deployed: tracking server in namespace $(NAMESPACE), sweeps in $(SWEEPS_NAMESPACE); backend config: $$overlay/kubernetes_config.json"
 
 ui: venv  ## open the in-cluster MLflow UI on http://127.0.0.1:5000 (follows the server's pod; Ctrl-C ends)
 	$(BIN)/python scripts/tracking.py --namespace $(NAMESPACE)
 
 data:  ## prepare CelebA into the tfds-data volume (a Job; needs `make images` and a network reaching CelebA)
-	scripts/prepare-data.sh $(NAMESPACE) $(TRAIN_IMAGE)
+	scripts/prepare-data.sh $(SWEEPS_NAMESPACE) $(TRAIN_IMAGE)
 
 port-forward:  ## plain `kubectl port-forward` to the server (ends when its pod does; prefer `make ui`)
 	$(KUBECTL) -n '$(NAMESPACE)' port-forward service/mlflow 5000:5000
 
-undeploy:  ## delete namespace $(NAMESPACE): server, database, volumes and every training Job
-	$(KUBECTL) delete namespace '$(NAMESPACE)' --ignore-not-found --wait=true --timeout=300s
+undeploy:  ## delete namespaces $(NAMESPACE) and $(NAMESPACE)-sweeps: server, database, volumes, every Job
+	$(KUBECTL) delete namespace '$(SWEEPS_NAMESPACE)' '$(NAMESPACE)' --ignore-not-found --wait=true --timeout=300s
 
 clean:  ## remove the local venv, tracking store and caches
 	rm -rf $(VENV) mlruns mlartifacts mlflow.db .pytest_cache *.egg-info

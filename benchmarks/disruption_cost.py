@@ -81,14 +81,14 @@ def deployed_stack():
         os.environ.update(MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password)
         env = dict(env, MLFLOW_TRACKING_USERNAME=username, MLFLOW_TRACKING_PASSWORD=password)
         stack = ClusterStack(env, PortForward(env, namespace, overlay.directory / "pf.log"),
-                             overlay)
+                             overlay, sweep_user_env=env)  # the drivers run as the admin
         stack.port_forward.start(timeout=120)
         yield stack
     finally:
         if stack is not None:
             stack.port_forward.stop()
-        kubectl(env, "delete", "namespace", namespace, "--ignore-not-found", "--wait=true",
-                "--timeout=300s", check=False, timeout=330)
+        kubectl(env, "delete", "namespace", overlay.sweeps_namespace, namespace,
+                "--ignore-not-found", "--wait=true", "--timeout=300s", check=False, timeout=330)
         shutil.rmtree(overlay.directory, ignore_errors=True)
 
 

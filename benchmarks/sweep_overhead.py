@@ -41,7 +41,7 @@ from mlflow import MlflowClient  # noqa: E402
 
 from machine import print_machine  # noqa: E402
 from celeb_smile.constants import SWEEP_ID_TAG, TRIAL_INDEX_TAG  # noqa: E402
-from celeb_smile.sweep.cli import _job_namespace_and_context  # noqa: E402
+from celeb_smile.sweep.cli import _namespaces_and_context  # noqa: E402
 from celeb_smile.sweep.connect import connect_to_tracking_server  # noqa: E402
 from celeb_smile.sweep.spec import PROJECT_DIR  # noqa: E402
 
@@ -137,9 +137,9 @@ def one_sweep(args) -> float:
     with ExitStack() as stack:
         tracking_uri = os.environ.get("MLFLOW_TRACKING_URI")
         if not tracking_uri:  # as the driver did: through the Kubernetes API
-            namespace, context = _job_namespace_and_context(args.backend_config)
+            _, context, tracking_namespace = _namespaces_and_context(args.backend_config)
             tracking_uri = stack.enter_context(
-                connect_to_tracking_server(namespace, context=context)).uri
+                connect_to_tracking_server(tracking_namespace, context=context)).uri
         client = MlflowClient(tracking_uri)
         if args.detached:
             wait_for_the_end(client, experiment)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make data`: run the Job k8s/data/prepare-celeba-job.yaml (CelebA into the tfds-data volume)
-# in NAMESPACE with TRAIN_IMAGE, wait for it to succeed or fail, and end with its last line.
+# in NAMESPACE (a deployment's sweeps namespace, where the volume is) with TRAIN_IMAGE, wait for
+# it to succeed or fail, and end with its last line.
 # Usage: scripts/prepare-data.sh NAMESPACE TRAIN_IMAGE
 set -euo pipefail
 

@@ -4,8 +4,8 @@ exactly the Kubernetes calls its code makes."""
 
 import inspect
 import json
-import re
 
+import pytest
 import yaml
 
 from celeb_smile.constants import COMPONENT_LABEL, SWEEP_LABEL
@@ -14,6 +14,7 @@ from celeb_smile.sweep.backends import kubernetes
 from celeb_smile.sweep.cli import build_parser, sweep_spec_from_args
 from tests.conftest import PROJECT_DIR
 from tests.helpers.pod_security import restricted_violations
+from tests.helpers.rbac import calls_in, granted
 
 OPTIONS = detach.ControllerOptions(
     tracking_uri="http://mlflow.ns.svc.cluster.local:5000",
@@ -95,44 +96,39 @@ def test_the_controller_image_sits_beside_the_training_image():
 
 
 # -- the controller's Role: exactly the calls its code makes ---------------------------------
-# A client method -> (API group, resource, verb).
-CALLS = {"create_namespaced_job": ("batch", "jobs", "create"),
-         "list_namespaced_job": ("batch", "jobs", "list"),
-         "delete_namespaced_job": ("batch", "jobs", "delete"),
-         "delete_collection_namespaced_job": ("batch", "jobs", "deletecollection"),
-         "list_namespaced_pod": ("", "pods", "list"),
-         "read_namespaced_pod": ("", "pods", "get"),
-         "delete_collection_namespaced_pod": ("", "pods", "deletecollection"),
-         "read_namespaced_pod_log": ("", "pods/log", "get"),
-         "create_namespaced_secret": ("", "secrets", "create"),
-         "delete_namespaced_secret": ("", "secrets", "delete")}
-
-
-def calls_in(source: str) -> set[tuple[str, str, str]]:
-    methods = set(re.findall(r"\.(\w+_namespaced_\w+)\(", source))
-    unknown = methods - set(CALLS)
-    assert not unknown, f"map these client methods to verbs: {unknown}"
-    return {CALLS[method] for method in methods}
-
-
 def test_the_controller_role_grants_exactly_the_verbs_its_code_uses():
     """The controller's code: the Kubernetes backend (trials), and its lease check."""
     used = calls_in(inspect.getsource(kubernetes)) | calls_in(inspect.getsource(
         detach.pod_alive))
-    role = yaml.safe_load((PROJECT_DIR / "k8s" / "controller-role.yaml").read_text())
-    assert role["kind"] == "Role"  # namespaced, never a ClusterRole
-    granted = {(group, resource, verb) for rule in role["rules"]
-               for group in rule["apiGroups"] for resource in rule["resources"]
-               for verb in rule["verbs"]}
-    assert granted == used
+    assert granted(PROJECT_DIR / "k8s" / "sweeps" / "controller-role.yaml") == used
 
 
 def test_the_controller_role_is_bound_to_its_service_account_in_the_namespace_only():
-    binding = yaml.safe_load((PROJECT_DIR / "k8s" / "controller-rolebinding.yaml").read_text())
+    binding = yaml.safe_load((PROJECT_DIR / "k8s" / "sweeps" / "controller-rolebinding.yaml")
+                             .read_text())
     assert binding["kind"] == "RoleBinding"
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
                                   "name": "celeb-smile-controller"}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": detach.SERVICE_ACCOUNT}]
-    kustomization = yaml.safe_load((PROJECT_DIR / "k8s" / "kustomization.yaml").read_text())
+    kustomization = yaml.safe_load((PROJECT_DIR / "k8s" / "sweeps" / "kustomization.yaml")
+                                   .read_text())
     assert {"controller-serviceaccount.yaml", "controller-role.yaml",
             "controller-rolebinding.yaml"} <= set(kustomization["resources"])
+
+
+def test_a_namespace_one_may_not_list_jobs_in_stops_the_sweep_in_one_line():
+    from kubernetes.client.rest import ApiException
+
+    from celeb_smile.sweep.backends import PreparationError
+
+    class RefusingBatch:
+        def list_namespaced_job(self, namespace, **_):
+            error = ApiException(status=403, reason="Forbidden")
+            error.body = json.dumps({"message": f'jobs.batch is forbidden in "{namespace}"'})
+            raise error
+
+    with pytest.raises(PreparationError) as refused:
+        detach.controller_jobs(RefusingBatch(), "elsewhere", "0123456789ab")
+    assert str(refused.value).startswith(
+        "cannot list Jobs in namespace 'elsewhere' (403 Forbidden): jobs.batch is forbidden")
+    assert "\n" not in str(refused.value)

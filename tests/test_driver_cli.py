@@ -61,3 +61,24 @@ def test_missing_backend_config_is_reported(in_tmp, capsys, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:1")
     assert driver_main(["--backend", "kubernetes", "--backend-config", "nope.json"]) == 2
     assert error_line(capsys).startswith("error: cannot read backend config nope.json")
+
+
+def test_a_deploys_backend_config_sends_jobs_to_its_sweeps_namespace_and_finds_its_server(
+        tmp_path, monkeypatch):
+    """The tracking server is in the deployment's tracking namespace, the Jobs in its sweeps
+    namespace: the driver takes both from `make deploy`'s backend config."""
+    import argparse
+
+    from celeb_smile import deploy
+    from celeb_smile.sweep.cli import _Cluster
+
+    monkeypatch.delenv("KUBE_MLFLOW_TRACKING_URI", raising=False)
+    overlay = deploy.render("team-a", directory=tmp_path)
+    args = argparse.Namespace(backend_config=str(overlay.backend_config),
+                              cluster_tracking_uri=None)
+    cluster = _Cluster(args)
+    assert (cluster.namespace, cluster.tracking_namespace) == ("team-a-sweeps", "team-a")
+    assert cluster.tracking_uri == "http://mlflow.team-a.svc.cluster.local:5000"
+    shipped = _Cluster(argparse.Namespace(backend_config=None, cluster_tracking_uri=None))
+    assert (shipped.namespace, shipped.tracking_namespace) == ("celeb-smile-sweeps",
+                                                               "celeb-smile")

@@ -68,10 +68,10 @@ def test_a_deploy_for_another_registry_and_namespace_reaches_the_submitted_job(t
     overlay = deploy.render("team-a", "registry.example:5000/ml", directory=tmp_path)
     backend = KubernetesBackend(overlay.backend_config, overlay.tracking_uri, "abc123")
     assert backend.image == "registry.example:5000/ml/celeb-smile-train:0.1.0"
-    assert backend.namespace == "team-a"
+    assert backend.namespace == "team-a-sweeps"
     backend.image_ref = backend.image + "@sha256:" + "1" * 64
     job = backend.job_manifest(Trial(1, {}, sweep_id="abc123", run_id="e" * 32), "7")
-    assert job["metadata"]["namespace"] == "team-a"
+    assert job["metadata"]["namespace"] == "team-a-sweeps"
     container = job["spec"]["template"]["spec"]["containers"][0]
     assert container["image"].startswith("registry.example:5000/ml/celeb-smile-train:0.1.0@")
     assert container_env(job)["MLFLOW_TRACKING_URI"] == \

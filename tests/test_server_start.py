@@ -43,7 +43,7 @@ def test_mlflow_finds_the_authorization_function_on_the_path_the_entrypoint_sets
 
 
 def _secret_files(tmp_path) -> tuple[dict[str, str], dict[str, str]]:
-    """(the pod's environment as k8s/mlflow-deployment.yaml sets it, the secrets' values)."""
+    """(the pod's environment as k8s/tracking/mlflow-deployment.yaml sets it, the secrets' values)."""
     entrypoint = server_entrypoint()
     values = {entrypoint.DATABASE_PASSWORD_FILE: "db:pass\\word",
               entrypoint.ADMIN_PASSWORD_FILE: "admin-password-" + "a" * 20,

@@ -6,10 +6,11 @@ import sys
 
 from celeb_smile.cli import fail
 from celeb_smile.constants import EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIAL_FAILED, OUTAGE_PATIENCE_S
+from celeb_smile import deploy
 from celeb_smile.sweep.connect import in_cluster_tracking_uri
 
-DEFAULT_NAMESPACE = "celeb-smile"  # when the job template names none
-DEFAULT_CLUSTER_TRACKING_URI = in_cluster_tracking_uri(DEFAULT_NAMESPACE)
+DEFAULT_NAMESPACE = deploy.sweeps_namespace(deploy.DEFAULT_NAMESPACE)  # the template names none
+DEFAULT_TRACKING_NAMESPACE = deploy.DEFAULT_NAMESPACE  # when the backend config names none
 EMBEDDED_STORE = "mlflow.db"  # in the current directory; `mlflow ui --backend-store-uri sqlite:///mlflow.db`
 
 
@@ -245,12 +246,16 @@ def _sweep(args, console, cleanup) -> int:
     console.print(f"tracking: {tracking_uri}  experiment: {spec.experiment}")
     if remote and args.detach:
         return _handled(lambda: _detach(args, spec, backend, cluster, tracking_uri, console))
-    if remote and (steering := _steering(cluster, tracking_uri, console)).controller_alive(
-            spec.sweep_id()):
-        console.print(f"sweep {spec.sweep_id()} is run by its controller in the cluster: "
-                      "attaching", highlight=False)
-        return _handled(lambda: steering.attach(spec.sweep_id()))
-    return _handled(lambda: _controller(args, spec, backend, console, tracking_uri).run())
+
+    def run_or_attach() -> int:
+        if remote and (steering := _steering(cluster, tracking_uri, console)).controller_alive(
+                spec.sweep_id()):
+            console.print(f"sweep {spec.sweep_id()} is run by its controller in the cluster: "
+                          "attaching", highlight=False)
+            return steering.attach(spec.sweep_id())
+        return _controller(args, spec, backend, console, tracking_uri).run()
+
+    return _handled(run_or_attach)
 
 
 def _controller(args, spec, backend, console, tracking_uri, **settings):
@@ -281,8 +286,9 @@ def _handled(command) -> int:
 
 
 class _Cluster:
-    """Where a Kubernetes sweep runs: the backend config, its Job template's namespace, the
-    kube context, and the tracking server's address as pods see it."""
+    """Where a Kubernetes sweep runs: the backend config, its Job template's namespace (the
+    sweeps namespace), the kube context, the tracking server's namespace and its address as
+    pods see it."""
 
     def __init__(self, args):
         from pathlib import Path
@@ -290,10 +296,11 @@ class _Cluster:
         from celeb_smile.sweep.spec import PROJECT_DIR
 
         self.config_path = Path(args.backend_config or PROJECT_DIR / "kubernetes_config.json")
-        self.namespace, self.context = _job_namespace_and_context(self.config_path)
+        self.namespace, self.context, self.tracking_namespace = _namespaces_and_context(
+            self.config_path)
         self.tracking_uri = (args.cluster_tracking_uri
                              or os.environ.get("KUBE_MLFLOW_TRACKING_URI")
-                             or in_cluster_tracking_uri(self.namespace))
+                             or in_cluster_tracking_uri(self.tracking_namespace))
 
     def backend(self, sweep_id: str, build: bool = True):
         from celeb_smile.sweep.backends.kubernetes import KubernetesBackend
@@ -323,9 +330,9 @@ def _connect(cluster: _Cluster | None, console, cleanup) -> str:
 
     if cluster is not None and not os.environ.get("MLFLOW_TRACKING_URI"):
         connection = cleanup.enter_context(
-            connect_to_tracking_server(cluster.namespace, context=cluster.context))
+            connect_to_tracking_server(cluster.tracking_namespace, context=cluster.context))
         os.environ["MLFLOW_TRACKING_URI"] = connection.uri
-        console.print(f"tracking server {cluster.namespace}/mlflow reached at {connection.uri} "
+        console.print(f"tracking server {cluster.tracking_namespace}/mlflow reached at {connection.uri} "
                       f"(Kubernetes API port-forward); pods use {cluster.tracking_uri}")
     # The environment decides, whatever this process's MLflow was pointed at before;
     # trials (local processes) inherit the same variable.
@@ -463,9 +470,10 @@ def _run_detached(args, console) -> int:
     return EXIT_OK if ended else (exit_code or EXIT_TRIAL_FAILED)
 
 
-def _job_namespace_and_context(config_path) -> tuple[str, str | None]:
-    """The namespace of the job template the backend config names (where the Jobs and the
-    tracking server live), and the config's kube-context."""
+def _namespaces_and_context(config_path) -> tuple[str, str | None, str]:
+    """The namespace of the job template the backend config names (where the Jobs go), the
+    config's kube-context, and its tracking namespace (where the server is; `make deploy`
+    writes it: celeb_smile.deploy.TRACKING_NAMESPACE_KEY)."""
     import json
     from pathlib import Path
 
@@ -478,9 +486,11 @@ def _job_namespace_and_context(config_path) -> tuple[str, str | None]:
         template = job_template_path(config_path, config["kube-job-template-path"])
         job = yaml.safe_load(template.read_text())
     except (OSError, ValueError, KeyError, TypeError, yaml.YAMLError):
-        return DEFAULT_NAMESPACE, None  # the backend reports what is wrong, in one line
+        # the backend reports what is wrong, in one line
+        return DEFAULT_NAMESPACE, None, DEFAULT_TRACKING_NAMESPACE
     namespace = ((job or {}).get("metadata") or {}).get("namespace") or DEFAULT_NAMESPACE
-    return namespace, config.get("kube-context")
+    return (namespace, config.get("kube-context"),
+            config.get(deploy.TRACKING_NAMESPACE_KEY) or DEFAULT_TRACKING_NAMESPACE)
 
 
 def _check_reachable(tracking_uri: str) -> None:

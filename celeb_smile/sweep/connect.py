@@ -14,7 +14,8 @@ is bounded by a timeout.
 
 Kubernetes credentials: the in-cluster service account first (a driver running in a pod, which
 then uses the Service's DNS name directly and forwards nothing), the kubeconfig second. The
-permissions needed in the namespace: get services and endpoints, create pods/portforward.
+permissions needed in the tracking namespace: get the service and endpoints `mlflow`, create
+pods/portforward (what k8s/tracking/sweep-user-role.yaml grants a sweep user).
 """
 
 from __future__ import annotations

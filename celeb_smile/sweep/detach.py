@@ -13,9 +13,9 @@ handed, all owned by its Job (deleting the Job deletes them):
   Secret celeb-smile-<sweep>-controller, mounted at CREDENTIALS_DIR (only this pod mounts it):
       the MLflow username and password of the person who started the sweep, read once at
       start: the controller acts on the tracking server as they would.
-It talks to the tracking server by the Service's DNS name, to the Kubernetes API as the
-ServiceAccount celeb-smile-controller (k8s/controller-role.yaml: a namespaced Role with only the
-verbs it uses). Its state is MLflow's, as on the laptop: when its pod is deleted or its node
+It talks to the tracking server by the Service's DNS name (in the tracking namespace), to the
+Kubernetes API as the ServiceAccount celeb-smile-controller (k8s/sweeps/controller-role.yaml: a
+namespaced Role with only the verbs it uses). Its state is MLflow's, as on the laptop: when its pod is deleted or its node
 goes away, the Job starts another pod, which takes over the lease and adopts the trials.
 """
 
@@ -31,7 +31,7 @@ from celeb_smile.constants import COMPONENT_LABEL, SWEEP_LABEL
 from celeb_smile.sweep.spec import SweepSpec, describe, spec_from_data
 
 COMPONENT = "controller"
-SERVICE_ACCOUNT = "celeb-smile-controller"  # k8s/controller-serviceaccount.yaml
+SERVICE_ACCOUNT = "celeb-smile-controller"  # k8s/sweeps/controller-serviceaccount.yaml
 IMAGE_NAME = "celeb-smile-controller"  # beside the training image, in the same registry
 SWEEP_DIR = "/etc/celeb-smile/sweep"
 CREDENTIALS_DIR = "/etc/celeb-smile/mlflow"
@@ -186,14 +186,26 @@ def delete_job(batch, namespace: str, name: str) -> None:
 
 
 def controller_jobs(batch, namespace: str, sweep_id: str | None = None) -> list:
-    """The namespace's controller Jobs (of one sweep when `sweep_id` is given)."""
-    from celeb_smile.sweep.backends.kubernetes import REQUEST_TIMEOUT
+    """The namespace's controller Jobs (of one sweep when `sweep_id` is given). A namespace
+    one may not list Jobs in (a sweep user sees a missing one so too) is a PreparationError."""
+    from kubernetes.client.rest import ApiException
+
+    from celeb_smile.sweep.backends import PreparationError
+    from celeb_smile.sweep.backends.kubernetes import REQUEST_TIMEOUT, api_message
 
     selector = f"{COMPONENT_LABEL}={COMPONENT}"
     if sweep_id:
         selector += f",{SWEEP_LABEL}={sweep_id}"
-    return batch.list_namespaced_job(namespace, label_selector=selector,
-                                     _request_timeout=REQUEST_TIMEOUT).items
+    try:
+        return batch.list_namespaced_job(namespace, label_selector=selector,
+                                         _request_timeout=REQUEST_TIMEOUT).items
+    except ApiException as error:
+        if error.status in (401, 403, 404):
+            raise PreparationError(
+                f"cannot list Jobs in namespace {namespace!r} ({error.status} {error.reason}): "
+                f"{api_message(error)}; does it exist, and may you run sweeps there (Role "
+                f"celeb-smile-sweep-user)?") from None
+        raise
 
 
 def job_active(job) -> bool:

@@ -1,5 +1,6 @@
 """The tracking server's entrypoint: MLflow's basic-auth app on PostgreSQL, configured from the
-pod's environment (k8s/mlflow-deployment.yaml fills it from the Secrets `make deploy` generates).
+pod's environment (k8s/tracking/mlflow-deployment.yaml fills it from the Secrets `make deploy`
+generates).
 
 Before `mlflow server` starts it
   - writes the auth app's ini (mode 600, on the pod's /tmp): users and grants live in their own
@@ -26,7 +27,7 @@ AUTH_CACHE_TTL_S = 60
 # MLflow's extension point for authentication: the module beside this file (trial_rules.py).
 AUTHORIZATION_FUNCTION = "trial_rules:authenticate_request"
 SERVER_MODULES_DIRECTORY = Path(__file__).resolve().parent
-# Each secret's file (k8s/mlflow-deployment.yaml mounts the Secrets and names the files).
+# Each secret's file (k8s/tracking/mlflow-deployment.yaml mounts the Secrets and names the files).
 ADMIN_PASSWORD_FILE = "MLFLOW_AUTH_ADMIN_PASSWORD_FILE"
 TRAINER_PASSWORD_FILE = "MLFLOW_TRAINER_PASSWORD_FILE"
 DATABASE_PASSWORD_FILE = "MLFLOW_DATABASE_PASSWORD_FILE"

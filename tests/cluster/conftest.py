@@ -1,13 +1,13 @@
 """Fixtures for the cluster tests: a reachable Kubernetes cluster, the k8s/ stack deployed on
-it into a namespace of the tests' own (with its own generated secrets), a port-forward to the
-tracking server, and clean-up of the training Jobs a test starts.
+it into namespaces of the tests' own (with its own generated secrets), a port-forward to the
+tracking server, a sweep user's credentials, and clean-up of the training Jobs a test starts.
 
 The cluster is whatever the kubeconfig points at ($KUBECONFIG, ~/.kube/config, or the
 k8s-local env file); its registry must be localhost:5001 (kind's local-registry recipe).
 Without a reachable cluster the tests skip LOUDLY, and fail when CI=true.
-The tests never touch a user's deployment: the session creates the namespace
-$CELEB_SMILE_TEST_NAMESPACE_PREFIX<random> (default prefix celeb-smile-test-) and deletes it,
-with .deploy/<namespace>/, at the end, whatever happened.
+The tests never touch a user's deployment: the session deploys into the namespaces
+$CELEB_SMILE_TEST_NAMESPACE_PREFIX<random> (default prefix celeb-smile-test-) and its -sweeps,
+and deletes both, with .deploy/<namespace>/, at the end, whatever happened.
 """
 
 import base64
@@ -152,14 +152,23 @@ class PortForward:
 
 @dataclass
 class ClusterStack:
-    """The stack in the tests' namespace. `env` (for kubectl, drivers and `mlflow run`) carries
-    the admin's MLFLOW_TRACKING_USERNAME/PASSWORD; so does this process's environment."""
+    """The stack in the tests' namespaces. `env` (for kubectl, drivers and `mlflow run`) carries
+    the admin's MLFLOW_TRACKING_USERNAME/PASSWORD; so does this process's environment.
+    `sweep_user_env` is `env` with the kubeconfig of a sweep user (a ServiceAccount bound to the
+    shipped Roles celeb-smile-sweep-user and nothing else): the drivers run with it."""
     env: dict
     port_forward: PortForward
     overlay: deploy.Overlay
+    sweep_user_env: dict = field(default_factory=dict)
 
     @property
     def namespace(self) -> str:
+        """The sweeps namespace: trials, controllers, their Secrets."""
+        return self.overlay.sweeps_namespace
+
+    @property
+    def tracking_namespace(self) -> str:
+        """The server's and PostgreSQL's."""
         return self.overlay.namespace
 
     @property
@@ -175,12 +184,17 @@ class ClusterStack:
         return self.port_forward.uri
 
     def kubectl(self, *args, **kwargs) -> subprocess.CompletedProcess:
+        """kubectl (as the cluster's admin) in the sweeps namespace."""
         return kubectl(self.env, "-n", self.namespace, *args, **kwargs)
+
+    def tracking_kubectl(self, *args, **kwargs) -> subprocess.CompletedProcess:
+        """kubectl (as the cluster's admin) in the tracking namespace."""
+        return kubectl(self.env, "-n", self.tracking_namespace, *args, **kwargs)
 
     def wait_ready(self, timeout: int = 300) -> None:
         for deployment in ("postgres", "mlflow"):
-            self.kubectl("rollout", "status", f"deployment/{deployment}", f"--timeout={timeout}s",
-                         timeout=timeout + 30)
+            self.tracking_kubectl("rollout", "status", f"deployment/{deployment}",
+                                  f"--timeout={timeout}s", timeout=timeout + 30)
 
     def reconnect(self) -> None:
         """Wait for the server to be ready again and restart the port-forward (same port)."""
@@ -207,15 +221,64 @@ def cluster_stack(kube_env, tmp_path_factory):
             env = dict(kube_env, MLFLOW_TRACKING_USERNAME=username,
                        MLFLOW_TRACKING_PASSWORD=password)
             log_path = tmp_path_factory.mktemp("port-forward") / "port-forward.log"
-            stack = ClusterStack(env, PortForward(env, namespace, log_path), overlay)
+            kubeconfig = tmp_path_factory.mktemp("sweep-user") / "kubeconfig"
+            stack = ClusterStack(env, PortForward(env, namespace, log_path), overlay,
+                                 sweep_user_env(env, overlay, kubeconfig))
             stack.port_forward.start(timeout=120)
             yield stack
         finally:
             if stack is not None:
                 stack.port_forward.stop()
-            kubectl(kube_env, "delete", "namespace", namespace, "--ignore-not-found",
-                    "--wait=true", "--timeout=300s", check=False, timeout=330)
+            kubectl(kube_env, "delete", "namespace", overlay.sweeps_namespace, namespace,
+                    "--ignore-not-found", "--wait=true", "--timeout=300s", check=False,
+                    timeout=330)
             shutil.rmtree(overlay.directory, ignore_errors=True)
+
+
+SWEEP_USER = "sweep-user"  # a ServiceAccount of the sweeps namespace, made by the tests
+SWEEP_USER_ROLE = "celeb-smile-sweep-user"  # k8s/{tracking,sweeps}/sweep-user-role.yaml
+
+
+def sweep_user_env(env: dict, overlay: deploy.Overlay, kubeconfig: Path) -> dict:
+    """`env` with KUBECONFIG set to a kubeconfig (written to `kubeconfig`) of the ServiceAccount
+    SWEEP_USER, bound in both namespaces to the shipped Role SWEEP_USER_ROLE and nothing else."""
+    account = f"{overlay.sweeps_namespace}:{SWEEP_USER}"
+    kubectl(env, "-n", overlay.sweeps_namespace, "create", "serviceaccount", SWEEP_USER)
+    for namespace in (overlay.namespace, overlay.sweeps_namespace):
+        kubectl(env, "-n", namespace, "create", "rolebinding", f"{SWEEP_USER}-test",
+                f"--role={SWEEP_USER_ROLE}", f"--serviceaccount={account}")
+    token = _service_account_token(env, overlay.sweeps_namespace, SWEEP_USER)
+    admin = json.loads(kubectl(env, "config", "view", "--raw", "--minify", "-o", "json").stdout)
+    cluster = admin["clusters"][0]
+    config = {"apiVersion": "v1", "kind": "Config", "current-context": SWEEP_USER,
+              "clusters": [cluster],
+              "users": [{"name": SWEEP_USER, "user": {"token": token}}],
+              "contexts": [{"name": SWEEP_USER, "context": {
+                  "cluster": cluster["name"], "user": SWEEP_USER,
+                  "namespace": overlay.sweeps_namespace}}]}
+    kubeconfig.write_text(json.dumps(config))
+    kubeconfig.chmod(0o600)
+    return dict(env, KUBECONFIG=str(kubeconfig))
+
+
+def _service_account_token(env: dict, namespace: str, account: str) -> str:
+    """A token of the ServiceAccount: `kubectl create token` (1.24+), else the token Secret
+    that Kubernetes makes for it before 1.24 (read as the admin)."""
+    created = kubectl(env, "-n", namespace, "create", "token", account, "--duration=6h",
+                      check=False)
+    if created.returncode == 0:
+        return created.stdout.strip()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        names = kubectl(env, "-n", namespace, "get", "serviceaccount", account,
+                        "-o", "jsonpath={.secrets[*].name}").stdout.split()
+        if names:
+            data = kubectl(env, "-n", namespace, "get", "secret", names[0],
+                           "-o", "jsonpath={.data.token}").stdout
+            if data:
+                return base64.b64decode(data).decode()
+        time.sleep(1)
+    pytest.fail(f"no token for ServiceAccount {namespace}/{account}", pytrace=False)
 
 
 # --- training Jobs ----------------------------------------------------------------------------

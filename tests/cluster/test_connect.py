@@ -1,6 +1,7 @@
 """The driver's own connection to the in-cluster tracking server (celeb_smile.sweep.connect) on a
 real cluster, in the tests' own namespace (cluster_stack): it follows the server's pod across a
-restart at the same local address, `make ui` serves the UI through it, a sweep survives a
+restart at the same local address (as a sweep user: the shipped Role's port-forward), `make ui`
+serves the UI through it, a sweep survives a
 server restart mid-way with nothing exported by hand, and the Service's ClusterIP is refused in
 one line. Tests that restart the server reconnect the session's kubectl port-forward after."""
 
@@ -42,15 +43,15 @@ def _answers(stack) -> bool:
 
 
 def server_pods(stack) -> list[str]:
-    return stack.kubectl("get", "pods", "-l", SERVER_SELECTOR, "-o", "name").stdout.split()
+    return stack.tracking_kubectl("get", "pods", "-l", SERVER_SELECTOR, "-o", "name").stdout.split()
 
 
 def test_the_connection_follows_a_restarted_server_pod_at_the_same_address(own_stack):
-    with connect_to_tracking_server(own_stack.namespace) as connection:
+    with connect_to_tracking_server(own_stack.tracking_namespace) as connection:
         uri, first_pod = connection.uri, connection.forwarder.current.pod
         client = MlflowClient(uri)
         experiment_id = client.create_experiment(f"restart-{time.time_ns()}")
-        own_stack.kubectl("delete", "pod", first_pod, "--wait=true", "--timeout=120s")
+        own_stack.tracking_kubectl("delete", "pod", first_pod, "--wait=true", "--timeout=120s")
         # The old pod is gone, the new one may not be Ready yet: MLflow's own retries carry the
         # call over; nothing is reopened by hand.
         run = client.create_run(experiment_id)
@@ -63,11 +64,11 @@ def test_the_connection_follows_a_restarted_server_pod_at_the_same_address(own_s
 def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack):
     process = subprocess.Popen(
         [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "tracking.py"),
-         "--namespace", own_stack.namespace, "--port", "0"],
-        env=own_stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--namespace", own_stack.tracking_namespace, "--port", "0"],
+        env=own_stack.sweep_user_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         first_line = process.stdout.readline()
-        assert first_line.startswith(f"MLflow UI of {own_stack.namespace}/mlflow: http://127.0.0.1:"), \
+        assert first_line.startswith(f"MLflow UI of {own_stack.tracking_namespace}/mlflow: http://127.0.0.1:"), \
             first_line + process.stderr.read() if process.poll() is not None else first_line
         uri = first_line.split(": ", 1)[1].split()[0]
         credentials = f"{own_stack.env['MLFLOW_TRACKING_USERNAME']}:" \
@@ -90,14 +91,14 @@ def test_a_command_runs_with_both_tracking_addresses_set(own_stack):
              "sys.exit(3)\n")
     result = subprocess.run(
         [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "tracking.py"),
-         "--namespace", own_stack.namespace, "--port", "0", "--", str(BIN_DIR / "python"), "-c",
-         probe], env=own_stack.env, capture_output=True, text=True, timeout=180)
+         "--namespace", own_stack.tracking_namespace, "--port", "0", "--",
+         str(BIN_DIR / "python"), "-c", probe], env=own_stack.sweep_user_env, capture_output=True, text=True, timeout=180)
     assert result.returncode == 3, result.stderr  # the command's own exit code
-    assert result.stdout.strip() == in_cluster_tracking_uri(own_stack.namespace)
+    assert result.stdout.strip() == in_cluster_tracking_uri(own_stack.tracking_namespace)
 
 
 def test_the_services_clusterip_is_refused_in_one_line(own_stack):
-    cluster_ip = own_stack.kubectl("get", "service", "mlflow",
+    cluster_ip = own_stack.tracking_kubectl("get", "service", "mlflow",
                                    "-o", "jsonpath={.spec.clusterIP}").stdout.strip()
     result = subprocess.run(
         [str(BIN_DIR / "python"), str(PROJECT_DIR / "driver.py"), "--backend", "kubernetes",
@@ -113,7 +114,7 @@ def test_the_services_clusterip_is_refused_in_one_line(own_stack):
 def test_a_sweep_survives_a_server_restart_with_nothing_exported(own_stack):
     config = own_stack.backend_config  # this namespace's job template: the driver derives the rest
     experiment = f"connect-sweep-{time.time_ns()}"
-    env = {key: value for key, value in own_stack.env.items()
+    env = {key: value for key, value in own_stack.sweep_user_env.items()
            if key not in ("MLFLOW_TRACKING_URI", "KUBE_MLFLOW_TRACKING_URI")}
     driver = subprocess.Popen(
         [str(BIN_DIR / "python"), str(PROJECT_DIR / "driver.py"), "--backend", "kubernetes",
@@ -131,8 +132,8 @@ def test_a_sweep_survives_a_server_restart_with_nothing_exported(own_stack):
                           "--wait=true", "--timeout=120s", check=False, timeout=150)
     assert restarted, "no trial ran before the driver ended"
     assert "reached at http://127.0.0.1:" in output
-    assert in_cluster_tracking_uri(own_stack.namespace) in output
-    with connect_to_tracking_server(own_stack.namespace) as connection:
+    assert in_cluster_tracking_uri(own_stack.tracking_namespace) in output
+    with connect_to_tracking_server(own_stack.tracking_namespace) as connection:
         client = MlflowClient(connection.uri)
         assert driver.returncode == 0, output[-5000:] + trial_log_tails(client, experiment)
         tagged, children = sweep_runs(client, experiment)
@@ -153,7 +154,7 @@ def restart_server_once_a_trial_runs(stack, driver, timeout=600) -> bool:
                                "-o", "jsonpath={.items[*].status.phase}").stdout.split()
         if "Running" in phases:
             time.sleep(5)  # into training: it is reporting metrics
-            stack.kubectl("delete", "pods", "-l", SERVER_SELECTOR, "--wait=false")
+            stack.tracking_kubectl("delete", "pods", "-l", SERVER_SELECTOR, "--wait=false")
             return True
         time.sleep(2)
     return False

@@ -1,8 +1,13 @@
-"""`mlflow run --backend kubernetes` end to end on a real cluster with the k8s/ stack: a small
-training Job reports to the in-cluster server (as the trainer, granted the experiment), its
-model downloads and predicts, everything (runs, users, grants) survives a server and database
-restart, and bad parameters fail fast and visibly."""
+"""`mlflow run --backend kubernetes` end to end on a real cluster with the k8s/ stack: the
+README's command (through celeb_smile.sweep.single_run, as scripts/tracking.py runs it) finishes
+with no grant by hand, as a trial user made for the run and gone after it, and a person who may
+not manage the experiment is refused before anything is made; a plain `mlflow run` still works
+as the legacy trainer (granted the experiment): its model downloads and predicts, everything
+(runs, users, grants) survives a server and database restart, and bad parameters fail fast and
+visibly."""
 
+import re
+import subprocess
 import uuid
 
 import numpy as np
@@ -10,12 +15,14 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.server import get_app_client
 
-from celeb_smile.constants import EPOCH_METRICS, ERROR_TAG
+from celeb_smile.constants import EPOCH_METRICS, ERROR_TAG, EXIT_BAD_INPUT, TRIAL_USER_TAG
 from celeb_smile.sweep.access import grant_trainer
+from celeb_smile.sweep.backends.kubernetes import CREDENTIALS_COMPONENT
 from tests.cluster.conftest import (
-    LABEL_KEY, TrainingJobs, http_status, job_pod_logs, job_pods, mlflow_run_on_cluster,
+    LABEL_KEY, RUN_ID_PATTERN, ProjectRun, TrainingJobs, http_status, job_pod_logs, job_pods,
+    mlflow_run_on_cluster,
 )
-from tests.conftest import SMALL_PARAMS
+from tests.conftest import BIN_DIR, PROJECT_DIR, SMALL_PARAMS
 
 pytestmark = pytest.mark.cluster
 
@@ -118,6 +125,137 @@ def test_bad_parameter_fails_fast_and_visibly(cluster_stack, experiment_id, trai
     assert "epochs must be a positive integer" in job_pod_logs(cluster_stack, run.job_names[0])
 
 
+# -- the README's command: a trial user of its own, no grant by hand ---------------------------
+TRIAL_USER_LINE = re.compile(r"trial user (trial-\S+) \(Secret (\S+) in (\S+)\)")
+
+
+def readme_command(stack, jobs: TrainingJobs, credentials, *args, timeout: float = 900
+                   ) -> ProjectRun:
+    """`scripts/tracking.py -- mlflow run . --backend kubernetes --backend-config ... -P ...`
+    as `credentials` on MLflow and as the stack's sweep user on Kubernetes (the shipped Role
+    celeb-smile-sweep-user): what scripts/tracking.py runs once it has the tracking addresses."""
+    command = [str(BIN_DIR / "python"), "-m", "celeb_smile.sweep.single_run", "--",
+               str(BIN_DIR / "mlflow"), "run", str(PROJECT_DIR), "--backend", "kubernetes",
+               "--backend-config", str(stack.backend_config), *args]
+    env = dict(stack.sweep_user_env, MLFLOW_TRACKING_URI=stack.tracking_uri,
+               KUBE_MLFLOW_TRACKING_URI=stack.in_cluster_tracking_uri,
+               MLFLOW_TRACKING_USERNAME=credentials[0], MLFLOW_TRACKING_PASSWORD=credentials[1])
+    env.pop("MLFLOW_EXPERIMENT_ID", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    try:
+        result = subprocess.run(command, cwd=PROJECT_DIR, env=env, capture_output=True,
+                                text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as error:
+        output = (error.stdout or b"").decode() + (error.stderr or b"").decode()
+        jobs.track_output(output)
+        raise AssertionError(f"the README's command did not end within {timeout}s:\n"
+                             f"{output[-4000:]}")
+    output = result.stdout + result.stderr
+    run_ids = RUN_ID_PATTERN.findall(output)
+    return ProjectRun(result.returncode, output, run_ids[-1] if run_ids else None,
+                      jobs.track_output(output))
+
+
+def _trial_secrets(stack) -> list[str]:
+    return stack.kubectl("get", "secrets", "-l", f"{LABEL_KEY}={CREDENTIALS_COMPONENT}",
+                         "-o", "name").stdout.split()
+
+
+def _auth_client(stack):
+    return get_app_client("basic-auth", tracking_uri=stack.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def readme_run(cluster_stack):
+    """The README's command as the admin, in the Default experiment, which nobody granted the
+    trainer or anyone else (its Job deleted afterwards)."""
+    trainer = _auth_client(cluster_stack).get_user_permission("trainer", "experiment", "0")
+    assert not trainer.allowed, trainer.permission  # no grant by hand
+    admin = (cluster_stack.env["MLFLOW_TRACKING_USERNAME"],
+             cluster_stack.env["MLFLOW_TRACKING_PASSWORD"])
+    secrets_before = _trial_secrets(cluster_stack)
+    jobs = TrainingJobs(cluster_stack)
+    try:
+        params = [item for name, value in SMALL_PARAMS.items()
+                  for item in ("-P", f"{name}={value}")]
+        run = readme_command(cluster_stack, jobs, admin, *params)
+        logs = "".join(job_pod_logs(cluster_stack, name) for name in run.job_names)
+        assert run.returncode == 0, f"the README's command failed:\n{run.output[-5000:]}\n" \
+                                    f"pod:\n{logs}"
+        assert len(run.job_names) == 1 and run.run_id, run.output[-4000:]
+        (user, secret, namespace), = TRIAL_USER_LINE.findall(run.output)
+        yield run, user, secret, namespace, secrets_before
+    finally:
+        jobs.cleanup()
+
+
+def test_the_readme_command_runs_with_no_grant_as_a_user_of_its_own(cluster_stack, readme_run):
+    run, user, secret, namespace, _ = readme_run
+    assert re.fullmatch(r"trial-0-[0-9a-f]{12}", user) and secret == f"celeb-smile-{user}"
+    assert namespace == cluster_stack.namespace
+    client = _client(cluster_stack)
+    mlflow_run = client.get_run(run.run_id)
+    assert mlflow_run.info.status == "FINISHED" and mlflow_run.info.experiment_id == "0"
+    assert mlflow_run.data.tags[TRIAL_USER_TAG] == user
+    assert mlflow_run.data.params["epochs"] == "2"
+    for key in EPOCH_METRICS:  # logged by the pod, as the run's trial user
+        history = client.get_metric_history(run.run_id, key)
+        assert sorted(m.step for m in history) == [0, 1], (key, history)
+    (pod,) = job_pods(cluster_stack, run.job_names[0])
+    assert {item["name"]: item["valueFrom"]["secretKeyRef"]["name"]
+            for item in pod["spec"]["containers"][0]["env"] if "valueFrom" in item} == \
+        {"MLFLOW_TRACKING_USERNAME": secret, "MLFLOW_TRACKING_PASSWORD": secret}
+    assert pod["metadata"]["labels"][LABEL_KEY] == "training"
+
+
+def test_the_readme_commands_user_and_secret_are_gone_after_it(cluster_stack, readme_run):
+    from mlflow.exceptions import MlflowException
+
+    run, user, secret, _, secrets_before = readme_run
+    with pytest.raises(MlflowException, match="not found|RESOURCE_DOES_NOT_EXIST"):
+        _auth_client(cluster_stack).get_user(user)
+    gone = cluster_stack.kubectl("get", "secret", secret, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout + gone.stderr
+    assert _trial_secrets(cluster_stack) == secrets_before
+
+
+def test_a_person_who_may_not_manage_the_experiment_gets_one_line_and_nothing_is_made(
+        cluster_stack, training_jobs):
+    client = _client(cluster_stack)
+    experiment_id = client.create_experiment(f"not-theirs-{uuid.uuid4().hex[:8]}")
+    person = (f"analyst-{uuid.uuid4().hex[:6]}", uuid.uuid4().hex)
+    auth = _auth_client(cluster_stack)
+    auth.create_user(*person)
+    auth.grant_user_permission(person[0], "experiment", experiment_id, "EDIT")  # not MANAGE
+    secrets_before = _trial_secrets(cluster_stack)
+
+    run = readme_command(cluster_stack, training_jobs, person, "--experiment-id", experiment_id,
+                         "-P", "epochs=2", timeout=300)
+
+    assert run.returncode == EXIT_BAD_INPUT, run.output[-3000:]
+    errors = [line for line in run.output.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, run.output[-3000:]
+    assert f"'{person[0]}' may not create user 'trial-{experiment_id}-" in errors[0]
+    assert f"it needs MANAGE on experiment {experiment_id}" in errors[0]
+    assert run.job_names == [] and run.run_id is None
+    assert client.search_runs([experiment_id]) == []
+    assert _trial_secrets(cluster_stack) == secrets_before
+
+
+def test_a_failed_job_of_the_readme_command_says_why_in_one_line(cluster_stack, training_jobs):
+    """MLflow says only "backoff limit"; the wrapper adds the pod's own error line."""
+    admin = (cluster_stack.env["MLFLOW_TRACKING_USERNAME"],
+             cluster_stack.env["MLFLOW_TRACKING_PASSWORD"])
+    run = readme_command(cluster_stack, training_jobs, admin, "-P", "epochs=0", timeout=600)
+    assert run.returncode != 0 and len(run.job_names) == 1, run.output[-3000:]
+    assert (f"error: Job {run.job_names[0]} failed: error: epochs must be a positive integer"
+            in run.output), run.output[-3000:]
+    assert _client(cluster_stack).get_run(run.run_id).info.status == "FAILED"
+    (_, secret, _), = TRIAL_USER_LINE.findall(run.output)
+    gone = cluster_stack.kubectl("get", "secret", secret, check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr, gone.stdout + gone.stderr
+
+
 def test_everything_survives_a_server_and_database_restart(cluster_stack, experiment_id,
                                                            finished_run, tmp_path):
     """Runs last in this module: every earlier run, metric and artifact must still be there."""
@@ -131,12 +269,12 @@ def test_everything_survives_a_server_and_database_restart(cluster_stack, experi
         p.relative_to(tmp_path / "before").as_posix() for p in _download(
             cluster_stack, finished_run.run_id, tmp_path / "before").rglob("*"))
 
-    old_pods = set(cluster_stack.kubectl(
+    old_pods = set(cluster_stack.tracking_kubectl(
         "get", "pods", "-l", f"{LABEL_KEY} in (mlflow,postgres)", "-o", "name").stdout.split())
-    cluster_stack.kubectl("delete", "pods", "-l", f"{LABEL_KEY} in (mlflow,postgres)",
-                          "--wait=true", "--timeout=120s", timeout=150)
+    cluster_stack.tracking_kubectl("delete", "pods", "-l", f"{LABEL_KEY} in (mlflow,postgres)",
+                                   "--wait=true", "--timeout=120s", timeout=150)
     cluster_stack.reconnect()
-    new_pods = set(cluster_stack.kubectl(
+    new_pods = set(cluster_stack.tracking_kubectl(
         "get", "pods", "-l", f"{LABEL_KEY} in (mlflow,postgres)", "-o", "name").stdout.split())
     assert new_pods and not new_pods & old_pods
 

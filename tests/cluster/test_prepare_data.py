@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from celeb_smile import deploy
 from tests.cluster.conftest import kubectl, make
 from tests.conftest import PROJECT_DIR
 
@@ -26,13 +27,16 @@ def reachable(host: str) -> bool:
 
 @pytest.fixture
 def data_namespace(kube_env):
-    """A namespace with what the Job needs: the tfds-data volume and the trainer's account."""
-    namespace = f"connect-data-{secrets.token_hex(3)}"
+    """A deployment's name whose sweeps namespace (where `make data` runs the Job) has what the
+    Job needs: the tfds-data volume and the trainer's account."""
+    deployment = f"connect-data-{secrets.token_hex(3)}"
+    namespace = deploy.sweeps_namespace(deployment)
     kubectl(kube_env, "create", "namespace", namespace)
     try:
-        kubectl(kube_env, "-n", namespace, "apply", "-f", str(PROJECT_DIR / "k8s/tfds-pvc.yaml"),
-                "-f", str(PROJECT_DIR / "k8s/training-serviceaccount.yaml"))
-        yield namespace
+        kubectl(kube_env, "-n", namespace, "apply",
+                "-f", str(PROJECT_DIR / "k8s/sweeps/tfds-pvc.yaml"),
+                "-f", str(PROJECT_DIR / "k8s/sweeps/training-serviceaccount.yaml"))
+        yield deployment
     finally:
         kubectl(kube_env, "delete", "namespace", namespace, "--wait=true", "--timeout=300s",
                 check=False, timeout=330)
@@ -52,6 +56,7 @@ def test_make_data_fails_in_one_line_where_celeba_cannot_be_downloaded(kube_env,
     assert error_lines[0].startswith(f"error: celeb_a cannot be downloaded here ({DOWNLOAD_HOST}: ")
     assert error_lines[0].endswith("; prepare it where it can be (`tfds build celeb_a --data_dir "
                                    "DIR`) and copy DIR into the tfds-data volume")
-    job = kubectl(kube_env, "-n", data_namespace, "get", "job", "prepare-celeba",
+    job = kubectl(kube_env, "-n", deploy.sweeps_namespace(data_namespace), "get", "job",
+                  "prepare-celeba",
                   "-o", "jsonpath={.status.failed}")
     assert job.stdout == "1"

@@ -16,7 +16,7 @@ import yaml
 from celeb_smile import deploy
 from celeb_smile.sweep import detach
 from celeb_smile.sweep.access import grant_trainer
-from tests.cluster.conftest import LABEL_KEY, kube_environment
+from tests.cluster.conftest import LABEL_KEY, kube_environment, kubectl
 from tests.conftest import PROJECT_DIR
 from tests.helpers.auth_checks import (
     TRAINER_MAY, TRAINER_MAY_NOT, anonymous_answers, create_fixture_objects,
@@ -26,6 +26,11 @@ from tests.helpers.pod_security import pod_specs, restricted_violations
 from tests.helpers.requirements import missing
 
 
+NAMESPACE = "security-check"  # a deployment's tracking namespace
+SWEEPS = deploy.sweeps_namespace(NAMESPACE)
+NAMESPACE_KEY = "(namespace)"  # where _pods_by_component and _policies keep each one's namespace
+
+
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory) -> list[dict]:
     """`make deploy`'s overlay for a scratch namespace, rendered by kubectl's kustomize (no
@@ -33,7 +38,7 @@ def rendered(tmp_path_factory) -> list[dict]:
     sweep's controller Job and `make data`'s Job."""
     env, _ = kube_environment()
     directory = tmp_path_factory.mktemp("overlay")
-    overlay = deploy.render("security-check", "registry.example:5000", directory=directory)
+    overlay = deploy.render(NAMESPACE, "registry.example:5000", directory=directory)
     try:
         result = subprocess.run(["kubectl", "kustomize", str(directory)], env=env,
                                 capture_output=True, text=True, timeout=60)
@@ -41,10 +46,11 @@ def rendered(tmp_path_factory) -> list[dict]:
         missing("kubectl is not installed: cannot render the manifests")
     assert result.returncode == 0, result.stderr
     manifests = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-    controller = detach.controller_job("security-check", "0123456789ab",
+    controller = detach.controller_job(SWEEPS, "0123456789ab",
                                        "registry.example:5000/celeb-smile-controller:0.1.0",
                                        "1", "someone")
     data_job = yaml.safe_load((PROJECT_DIR / "k8s" / "data" / "prepare-celeba-job.yaml").read_text())
+    data_job["metadata"]["namespace"] = SWEEPS  # `make data` applies it there
     return manifests + [yaml.safe_load(overlay.job_template.read_text()), controller, data_job]
 
 
@@ -124,16 +130,55 @@ def _selects(selector: dict, labels: dict) -> bool:
 
 
 def _pods_by_component(rendered) -> dict[str, dict]:
+    """Each pod's labels by component, with its namespace under NAMESPACE_KEY."""
     labels = {}
     for manifest in rendered:
         if manifest["kind"] in ("Deployment", "Job"):
             pod_labels = manifest["spec"]["template"]["metadata"]["labels"]
-            labels[pod_labels[LABEL_KEY]] = pod_labels
+            labels[pod_labels[LABEL_KEY]] = {**pod_labels,
+                                             NAMESPACE_KEY: manifest["metadata"]["namespace"]}
     return labels
 
 
+def _namespace_labels(rendered) -> dict[str, dict]:
+    return {m["metadata"]["name"]: m["metadata"]["labels"] for m in rendered
+            if m["kind"] == "Namespace"}
+
+
+def _peers(rendered, policy_namespace: str, peer: dict) -> set[str]:
+    """The components a policy's peer (podSelector, with or without namespaceSelector) selects:
+    pods of the policy's namespace, or of the namespaces the namespaceSelector matches."""
+    assert set(peer) <= {"podSelector", "namespaceSelector"}, f"unexpected peer {peer}"
+    if "namespaceSelector" in peer:
+        namespaces = {name for name, labels in _namespace_labels(rendered).items()
+                      if _selects(peer["namespaceSelector"], labels)}
+    else:
+        namespaces = {policy_namespace}
+    return {name for name, labels in _pods_by_component(rendered).items()
+            if labels[NAMESPACE_KEY] in namespaces
+            and _selects(peer.get("podSelector", {}), labels)}
+
+
+def _keyed_policies(manifests) -> dict[str, dict]:
+    """Each NetworkPolicy manifest by name; those of k8s/namespace-defaults, in both namespaces
+    alike, by name in the tracking namespace and name@<sweeps namespace> in the other."""
+    policies = [m for m in manifests if m["kind"] == "NetworkPolicy"]
+    namespaces = {}
+    for manifest in policies:
+        namespaces.setdefault(manifest["metadata"]["name"], set()).add(
+            manifest["metadata"]["namespace"])
+    keyed = {}
+    for manifest in policies:
+        name, namespace = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+        shared = len(namespaces[name]) > 1
+        keyed[f"{name}@{namespace}" if shared and namespace == SWEEPS else name] = manifest
+    return keyed
+
+
 def _policies(rendered) -> dict[str, dict]:
-    return {m["metadata"]["name"]: m["spec"] for m in rendered if m["kind"] == "NetworkPolicy"}
+    """Each NetworkPolicy's spec (_keyed_policies' keys), its namespace under NAMESPACE_KEY."""
+    return {key: {**manifest["spec"], NAMESPACE_KEY: manifest["metadata"]["namespace"]}
+            for key, manifest in _keyed_policies(rendered).items()}
 
 
 KUBE_DNS_PEER = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name":
@@ -153,7 +198,8 @@ def _egress(rendered) -> dict[str, set[tuple[str, str, int]]]:
             assert "egress" not in policy
             continue
         selected = {name for name, labels in pods.items()
-                    if _selects(policy["podSelector"], labels)}
+                    if labels[NAMESPACE_KEY] == policy[NAMESPACE_KEY]
+                    and _selects(policy["podSelector"], labels)}
         isolated |= selected
         for rule in policy.get("egress", []):
             peers = set()
@@ -163,13 +209,26 @@ def _egress(rendered) -> dict[str, set[tuple[str, str, int]]]:
                 elif peer == KUBE_DNS_PEER:
                     peers.add("kube-dns")
                 else:
-                    assert set(peer) == {"podSelector"}, f"unexpected peer {peer}"
-                    peers |= {name for name, labels in pods.items()
-                              if _selects(peer["podSelector"], labels)}
+                    peers |= _peers(rendered, policy[NAMESPACE_KEY], peer)
             ports = {(port["protocol"], port["port"]) for port in rule["ports"]}
             for name in selected:
                 allowed[name] |= {(peer, *port) for peer in peers for port in ports}
     return {name: allowed[name] if name in isolated else {"unrestricted"} for name in pods}
+
+
+def test_the_server_and_database_are_in_one_namespace_and_everything_else_in_the_other(
+        rendered):
+    """Nobody who runs sweeps creates pods in the tracking namespace: none can mount its
+    Secrets or pose as its server or database (their Services select that namespace's pods)."""
+    namespaces = {name: labels[NAMESPACE_KEY] for name, labels in
+                  _pods_by_component(rendered).items()}
+    assert namespaces == {"postgres": NAMESPACE, "mlflow": NAMESPACE, "training": SWEEPS,
+                          "controller": SWEEPS, "data": SWEEPS}
+    secrets = {(m["metadata"]["namespace"], m["metadata"]["name"]) for m in rendered
+               if m["kind"] == "Secret"}
+    assert {name for namespace, name in secrets if namespace == SWEEPS} == {"mlflow-trainer"}
+    assert {(m["metadata"]["namespace"], m["metadata"]["name"]) for m in rendered
+            if m["kind"] == "Service"} == {(NAMESPACE, "mlflow"), (NAMESPACE, "postgres")}
 
 
 def test_network_policies_select_the_pods_they_are_meant_for(rendered):
@@ -177,33 +236,57 @@ def test_network_policies_select_the_pods_they_are_meant_for(rendered):
     assert set(pods) == {"postgres", "mlflow", "training", "controller", "data"}
     policies = _policies(rendered)
 
-    def selected(selector):
-        return {name for name, labels in pods.items() if _selects(selector, labels)}
+    def selected(policy):
+        return {name for name, labels in pods.items()
+                if labels[NAMESPACE_KEY] == policy[NAMESPACE_KEY]
+                and _selects(policy["podSelector"], labels)}
 
     def allowed_from(policy):
         (rule,) = policy["ingress"]
-        peers = rule["from"]
-        assert all(set(peer) == {"podSelector"} for peer in peers), "same-namespace pods only"
-        return set().union(*(selected(peer["podSelector"]) for peer in peers)), rule["ports"]
+        peers = set().union(*(_peers(rendered, policy[NAMESPACE_KEY], peer)
+                              for peer in rule["from"]))
+        return peers, rule["ports"]
 
-    deny = policies["default-deny-ingress"]
-    assert selected(deny["podSelector"]) == set(pods) and "ingress" not in deny
-    assert deny["policyTypes"] == ["Ingress"]
+    for deny in (policies["default-deny-ingress"], policies[f"default-deny-ingress@{SWEEPS}"]):
+        assert selected(deny) == {name for name, labels in pods.items()
+                                  if labels[NAMESPACE_KEY] == deny[NAMESPACE_KEY]}
+        assert "ingress" not in deny and deny["policyTypes"] == ["Ingress"]
     postgres = policies["postgres-from-mlflow"]
-    assert selected(postgres["podSelector"]) == {"postgres"}
+    assert selected(postgres) == {"postgres"}
     assert allowed_from(postgres) == ({"mlflow"}, [{"protocol": "TCP", "port": 5432}])
-    mlflow = policies["mlflow-from-training"]
-    assert selected(mlflow["podSelector"]) == {"mlflow"}
+    mlflow = policies["mlflow-from-sweeps"]
+    assert selected(mlflow) == {"mlflow"}
     assert allowed_from(mlflow) == ({"training", "controller"},
                                     [{"protocol": "TCP", "port": 5000}])
     ingress = {name for name, policy in policies.items() if "Ingress" in policy["policyTypes"]}
-    assert ingress == {"default-deny-ingress", "postgres-from-mlflow", "mlflow-from-training"}
+    assert ingress == {"default-deny-ingress", f"default-deny-ingress@{SWEEPS}",
+                       "postgres-from-mlflow", "mlflow-from-sweeps"}
+
+
+@pytest.mark.parametrize("deployment", ["celeb-smile", "team-a"])
+def test_each_cross_namespace_policy_names_its_own_deployments_other_namespace(
+        tmp_path, deployment):
+    """The overlay's peer namespaces: another deployment's sweeps do not reach this server."""
+    env, _ = kube_environment()
+    deploy.render(deployment, directory=tmp_path)
+    result = subprocess.run(["kubectl", "kustomize", str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    policies = {(m["metadata"]["namespace"], m["metadata"]["name"]): m["spec"]
+                for m in yaml.safe_load_all(result.stdout) if m and m["kind"] == "NetworkPolicy"}
+    name_label = "kubernetes.io/metadata.name"
+    ingress = policies[(deployment, "mlflow-from-sweeps")]["ingress"][0]["from"][0]
+    egress = policies[(f"{deployment}-sweeps", "training-to-mlflow")]["egress"][0]["to"][0]
+    assert ingress["namespaceSelector"]["matchLabels"] == {name_label: f"{deployment}-sweeps"}
+    assert egress["namespaceSelector"]["matchLabels"] == {name_label: deployment}
 
 
 def test_egress_policies_let_each_pod_reach_only_what_it_needs(rendered):
     dns = {("kube-dns", "UDP", 53), ("kube-dns", "TCP", 53)}
-    deny = _policies(rendered)["default-deny-egress"]
-    assert deny == {"podSelector": {}, "policyTypes": ["Egress"]}
+    for namespace, name in ((NAMESPACE, "default-deny-egress"),
+                            (SWEEPS, f"default-deny-egress@{SWEEPS}")):
+        deny = _policies(rendered)[name]
+        assert deny == {"podSelector": {}, "policyTypes": ["Egress"], NAMESPACE_KEY: namespace}
     assert _egress(rendered) == {
         "training": dns | {("mlflow", "TCP", 5000)},
         # ... and the Kubernetes API server, wherever the cluster puts it.
@@ -218,18 +301,23 @@ def test_egress_policies_let_each_pod_reach_only_what_it_needs(rendered):
 @pytest.mark.parametrize("change, component", [
     # A policy that selects one pod too many, a peer too wide, a port too many: each is seen.
     (lambda p: p["training-to-mlflow"]["podSelector"]["matchExpressions"][0]["values"]
-     .append("postgres"), "postgres"),
+     .append("data"), "data"),
     (lambda p: p["mlflow-to-postgres"]["egress"][0].pop("to"), "mlflow"),
-    (lambda p: p["dns-egress"]["egress"][0]["ports"].append({"protocol": "TCP", "port": 80}),
-     "training"),
+    (lambda p: p[f"dns-egress@{SWEEPS}"]["egress"][0]["ports"].append(
+        {"protocol": "TCP", "port": 80}), "training"),
     (lambda p: p["default-deny-egress"]["podSelector"].update(
         matchLabels={LABEL_KEY: "training"}), "postgres"),
+    # ... a peer in another namespace than meant.
+    (lambda p: p["training-to-mlflow"]["egress"][0]["to"][0]["namespaceSelector"]["matchLabels"]
+     .update({"kubernetes.io/metadata.name": "somebody-else"}), "training"),
+    (lambda p: p["training-to-mlflow"]["egress"][0]["to"][0].pop("namespaceSelector"),
+     "controller"),
 ])
 def test_the_egress_check_catches_a_wider_policy(rendered, change, component):
     import copy
 
     manifests = copy.deepcopy(rendered)
-    change({m["metadata"]["name"]: m["spec"] for m in manifests if m["kind"] == "NetworkPolicy"})
+    change({key: manifest["spec"] for key, manifest in _keyed_policies(manifests).items()})
     assert _egress(manifests)[component] != _egress(rendered)[component]
 
 
@@ -243,17 +331,27 @@ def _quantity(value) -> float:
     return float(text)
 
 
-def _containers_by_component(rendered) -> dict[str, list[dict]]:
+def _containers_by_component(rendered, namespace: str) -> dict[str, list[dict]]:
     return {manifest["spec"]["template"]["metadata"]["labels"][LABEL_KEY]:
             manifest["spec"]["template"]["spec"]["containers"]
-            for manifest in rendered if manifest["kind"] in ("Deployment", "Job")}
+            for manifest in rendered if manifest["kind"] in ("Deployment", "Job")
+            and manifest["metadata"]["namespace"] == namespace}
 
 
-def test_the_quota_fits_the_stack_a_sweep_of_four_and_make_data(rendered):
-    (quota,) = [m["spec"]["hard"] for m in rendered if m["kind"] == "ResourceQuota"]
-    (limit_range,) = [m["spec"]["limits"] for m in rendered if m["kind"] == "LimitRange"]
+@pytest.mark.parametrize("namespace, counts", [
+    # The server and PostgreSQL, each beside a successor still starting.
+    (NAMESPACE, {"postgres": 2, "mlflow": 2}),
+    # Trials still terminating beside their successors (a sweep of four), a controller
+    # handing over, and `make data`.
+    (SWEEPS, {"training": 2 * 4, "controller": 2, "data": 1}),
+])
+def test_each_namespaces_quota_fits_what_runs_there(rendered, namespace, counts):
+    (quota,) = [m["spec"]["hard"] for m in rendered if m["kind"] == "ResourceQuota"
+                and m["metadata"]["namespace"] == namespace]
+    (limit_range,) = [m["spec"]["limits"] for m in rendered if m["kind"] == "LimitRange"
+                      and m["metadata"]["namespace"] == namespace]
     (container_limits,) = [item for item in limit_range if item["type"] == "Container"]
-    containers = _containers_by_component(rendered)
+    containers = _containers_by_component(rendered, namespace)
     # Every container declares both (none relies on the LimitRange's defaults) within its max.
     for component, items in containers.items():
         for container in items:
@@ -262,8 +360,6 @@ def test_the_quota_fits_the_stack_a_sweep_of_four_and_make_data(rendered):
                     value = _quantity(container["resources"][kind][resource])
                     assert value <= _quantity(container_limits["max"][resource]), \
                         (component, kind, resource)
-    # Trials still terminating beside their successors, and a controller handing over.
-    counts = {"postgres": 1, "mlflow": 1, "training": 2 * 4, "controller": 2, "data": 1}
     assert set(counts) == set(containers)
     for kind in ("requests", "limits"):
         for resource in ("cpu", "memory"):
@@ -273,7 +369,7 @@ def test_the_quota_fits_the_stack_a_sweep_of_four_and_make_data(rendered):
             assert total <= _quantity(quota[f"{kind}.{resource}"]), (kind, resource, total)
     assert sum(counts.values()) <= int(quota["pods"])
     claims = [m["spec"]["resources"]["requests"]["storage"] for m in rendered
-              if m["kind"] == "PersistentVolumeClaim"]
+              if m["kind"] == "PersistentVolumeClaim" and m["metadata"]["namespace"] == namespace]
     assert len(claims) <= int(quota["persistentvolumeclaims"])
     assert sum(map(_quantity, claims)) <= _quantity(quota["requests.storage"])
     assert quota["services.nodeports"] == quota["services.loadbalancers"] == "0"
@@ -347,3 +443,42 @@ def test_trainer_logs_to_a_granted_experiment_and_does_nothing_else(cluster_stac
     assert {action: after[action] for action in TRAINER_MAY} == dict.fromkeys(TRAINER_MAY, 200)
     assert {action: after[action] for action in TRAINER_MAY_NOT} == \
         dict.fromkeys(TRAINER_MAY_NOT, 403)
+
+
+def _sweep_user_may(stack, verb: str, resource: str, namespace: str | None) -> bool:
+    """`kubectl auth can-i` as the stack's sweep user itself (a SelfSubjectAccessReview);
+    `resource` is TYPE, TYPE/NAME or TYPE:SUBRESOURCE."""
+    resource, _, subresource = resource.partition(":")
+    where = (["-n", namespace] if namespace else []) + \
+        ([f"--subresource={subresource}"] if subresource else [])
+    result = kubectl(stack.sweep_user_env, "auth", "can-i", verb, resource, *where, check=False)
+    assert result.stdout.strip() in ("yes", "no"), result.stderr
+    return result.stdout.strip() == "yes"
+
+
+@pytest.mark.cluster
+def test_a_sweep_user_cannot_reach_the_servers_secrets_nor_pose_as_the_server(cluster_stack):
+    """The shipped Roles, as a ServiceAccount bound to them sees them (its drivers run every
+    cluster test's sweep end to end: test_driver_cluster.py, test_detached.py)."""
+    tracking, sweeps = cluster_stack.tracking_namespace, cluster_stack.namespace
+    refused = [(verb, resource, namespace)
+               for namespace in (tracking, sweeps)
+               for verb, resource in (("get", "secrets"), ("list", "secrets"),
+                                      ("watch", "secrets"), ("get", "secrets/mlflow-admin"),
+                                      ("create", "pods:exec"), ("create", "pods:attach"),
+                                      ("create", "rolebindings"), ("create", "serviceaccounts"),
+                                      ("create", "serviceaccounts:token"),
+                                      ("patch", "networkpolicies"), ("patch", "pods"))]
+    refused += [("create", "pods", tracking), ("create", "jobs.batch", tracking),
+                ("create", "deployments.apps", tracking), ("create", "services", tracking),
+                ("get", "services/postgres", tracking), ("get", "pods:log", tracking),
+                ("patch", "namespaces", None), ("list", "namespaces", None)]
+    allowed = [("create", "jobs.batch", sweeps), ("create", "secrets", sweeps),
+               ("delete", "secrets", sweeps), ("create", "configmaps", sweeps),
+               ("get", "pods:log", sweeps), ("create", "pods:portforward", tracking),
+               ("get", "services/mlflow", tracking), ("get", "endpoints/mlflow", tracking)]
+    assert [case for case in refused if _sweep_user_may(cluster_stack, *case)] == []
+    assert [case for case in allowed if not _sweep_user_may(cluster_stack, *case)] == []
+    read = kubectl(cluster_stack.sweep_user_env, "-n", tracking, "get", "secret", "mlflow-admin",
+                   check=False)
+    assert read.returncode != 0 and "Forbidden" in read.stderr

@@ -1,5 +1,5 @@
-"""The k8s/ stack on a real cluster, deployed by `make deploy` into the tests' own namespace: it
-becomes Ready, PostgreSQL runs as non-root with MLflow as a role that owns only its databases,
+"""The k8s/ stack on a real cluster, deployed by `make deploy` into the tests' own namespaces
+(the tracking namespace: server and PostgreSQL; the sweeps namespace: trials): it becomes Ready, PostgreSQL runs as non-root with MLflow as a role that owns only its databases,
 no process of the server or the database holds a password in its environment, their root file
 systems are read-only and they hold no service-account token, the namespace's quota admits a
 pod that declares no resources, and the manifests (and the namespace's training Job template)
@@ -20,14 +20,17 @@ K8S_DIR = PROJECT_DIR / "k8s"
 
 def test_stack_becomes_ready(cluster_stack):
     for name in ("postgres", "mlflow"):
-        deployment = json.loads(cluster_stack.kubectl("get", "deployment", name, "-o", "json").stdout)
+        deployment = json.loads(cluster_stack.tracking_kubectl("get", "deployment", name, "-o",
+                                                               "json").stdout)
         assert deployment["status"].get("readyReplicas") == 1, deployment["status"]
         assert deployment["spec"]["strategy"]["type"] == "Recreate"
-    pvcs = json.loads(cluster_stack.kubectl("get", "pvc", "-o", "json").stdout)["items"]
-    phases = {pvc["metadata"]["name"]: pvc["status"]["phase"] for pvc in pvcs}
+    phases = {}
+    for kubectl_in in (cluster_stack.tracking_kubectl, cluster_stack.kubectl):
+        pvcs = json.loads(kubectl_in("get", "pvc", "-o", "json").stdout)["items"]
+        phases |= {pvc["metadata"]["name"]: pvc["status"]["phase"] for pvc in pvcs}
     assert {"postgres-data", "mlflow-artifacts", "tfds-data"} <= phases.keys()
     assert all(phase == "Bound" for phase in phases.values()), phases
-    pods = json.loads(cluster_stack.kubectl(
+    pods = json.loads(cluster_stack.tracking_kubectl(
         "get", "pods", "-l", f"{LABEL_KEY} in (postgres,mlflow)", "-o", "json").stdout)["items"]
     running = [pod for pod in pods if pod["status"]["phase"] == "Running"
                and not pod["metadata"].get("deletionTimestamp")]
@@ -36,12 +39,15 @@ def test_stack_becomes_ready(cluster_stack):
         assert all(status["ready"] for status in pod["status"]["containerStatuses"]), pod["status"]
 
 
-def test_namespace_enforces_the_restricted_pod_security_profile(cluster_stack):
-    namespace = json.loads(kubectl(cluster_stack.env, "get", "namespace",
-                                   cluster_stack.namespace, "-o", "json").stdout)
+@pytest.mark.parametrize("which", ["tracking_namespace", "namespace"])
+def test_namespace_enforces_the_restricted_pod_security_profile(cluster_stack, which):
+    name = getattr(cluster_stack, which)
+    namespace = json.loads(kubectl(cluster_stack.env, "get", "namespace", name,
+                                   "-o", "json").stdout)
     labels = namespace["metadata"]["labels"]
     for mode in ("enforce", "warn", "audit"):
         assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+    assert labels["kubernetes.io/metadata.name"] == name  # what the policies select by
 
 
 def test_server_answers_through_port_forward_and_service_host_names(cluster_stack):
@@ -65,8 +71,8 @@ def test_server_answers_through_port_forward_and_service_host_names(cluster_stac
 
 def _psql(stack, database: str, query: str) -> str:
     """As the superuser over the pod's local socket (the only way in for it)."""
-    return stack.kubectl("exec", "deployment/postgres", "--", "psql", "-U", "postgres",
-                         "-d", database, "-Atc", query).stdout.strip()
+    return stack.tracking_kubectl("exec", "deployment/postgres", "--", "psql", "-U", "postgres",
+                                  "-d", database, "-Atc", query).stdout.strip()
 
 
 def test_server_stores_runs_and_users_in_postgres(cluster_stack):
@@ -88,9 +94,10 @@ def test_mlflow_connects_as_a_role_that_owns_only_its_databases(cluster_stack):
 
 
 def test_postgres_runs_as_its_non_root_user(cluster_stack):
-    ids = cluster_stack.kubectl("exec", "deployment/postgres", "--", "id", "-u").stdout.split()
+    ids = cluster_stack.tracking_kubectl("exec", "deployment/postgres", "--", "id",
+                                         "-u").stdout.split()
     assert ids == ["999"]
-    status = cluster_stack.kubectl("exec", "deployment/postgres", "--", "grep", "-E",
+    status = cluster_stack.tracking_kubectl("exec", "deployment/postgres", "--", "grep", "-E",
                                    "^(CapEff|NoNewPrivs)", "/proc/1/status").stdout.split()
     assert status == ["CapEff:", "0000000000000000", "NoNewPrivs:", "1"]
 
@@ -98,7 +105,8 @@ def test_postgres_runs_as_its_non_root_user(cluster_stack):
 def _process_environments(stack, deployment: str) -> list[str]:
     """The environment of every process in the deployment's container, one string each."""
     script = 'for p in /proc/[0-9]*; do tr "\\0" "\\n" < "$p/environ" 2>/dev/null; echo "=="; done'
-    output = stack.kubectl("exec", f"deployment/{deployment}", "--", "bash", "-c", script).stdout
+    output = stack.tracking_kubectl("exec", f"deployment/{deployment}", "--", "bash", "-c",
+                                    script).stdout
     return [chunk for chunk in output.split("==\n") if chunk.strip()]
 
 
@@ -117,44 +125,50 @@ def test_no_process_keeps_a_password_in_its_environment(cluster_stack, deploymen
 
 
 def test_the_server_reads_the_database_password_from_a_private_file(cluster_stack):
-    mode = cluster_stack.kubectl("exec", "deployment/mlflow", "--", "stat", "-c", "%a %u",
-                                 "/run/mlflow/pgpass").stdout.split()
+    mode = cluster_stack.tracking_kubectl("exec", "deployment/mlflow", "--", "stat", "-c",
+                                          "%a %u", "/run/mlflow/pgpass").stdout.split()
     assert mode == ["600", "10002"]
 
 
 @pytest.mark.parametrize("deployment", ["mlflow", "postgres"])
 def test_root_file_system_is_read_only_and_no_token_is_mounted(cluster_stack, deployment):
-    write = cluster_stack.kubectl("exec", f"deployment/{deployment}", "--", "touch", "/probe",
-                                  check=False)
+    write = cluster_stack.tracking_kubectl("exec", f"deployment/{deployment}", "--", "touch",
+                                           "/probe", check=False)
     assert write.returncode != 0 and "Read-only file system" in write.stderr
-    token = cluster_stack.kubectl("exec", f"deployment/{deployment}", "--", "ls",
-                                  "/var/run/secrets/kubernetes.io/serviceaccount", check=False)
+    token = cluster_stack.tracking_kubectl("exec", f"deployment/{deployment}", "--", "ls",
+                                           "/var/run/secrets/kubernetes.io/serviceaccount",
+                                           check=False)
     assert token.returncode != 0
 
 
-def test_quota_admits_a_pod_that_declares_no_resources_with_the_defaults(cluster_stack):
+@pytest.mark.parametrize("which", ["tracking_namespace", "namespace"])
+def test_quota_admits_a_pod_that_declares_no_resources_with_the_defaults(cluster_stack, which):
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "quota-probe"},
            "spec": {"containers": [{"name": "probe", "image": "localhost:5001/x:0"}]}}
-    created = json.loads(kubectl(cluster_stack.env, "-n", cluster_stack.namespace, "create",
+    namespace = getattr(cluster_stack, which)
+    created = json.loads(kubectl(cluster_stack.env, "-n", namespace, "create",
                                  "--dry-run=server", "-o", "json", "-f", "-",
                                  input=json.dumps(pod)).stdout)
     resources = created["spec"]["containers"][0]["resources"]
     assert set(resources["requests"]) == set(resources["limits"]) == {"cpu", "memory"}
-    quota = json.loads(cluster_stack.kubectl("get", "resourcequota", "celeb-smile",
-                                             "-o", "json").stdout)
-    assert 2 <= int(quota["status"]["used"]["pods"]) <= int(quota["status"]["hard"]["pods"])
+    quota = json.loads(kubectl(cluster_stack.env, "-n", namespace, "get", "resourcequota",
+                               "celeb-smile", "-o", "json").stdout)
+    assert "pods" in quota["status"]["used"]  # the quota counts this namespace's pods
+    assert int(quota["status"]["used"]["pods"]) <= int(quota["status"]["hard"]["pods"])
 
 
 def test_manifests_pass_server_side_dry_run(cluster_stack):
     result = kubectl(cluster_stack.env, "apply", "--dry-run=server", "-k",
                      str(cluster_stack.overlay.directory))
-    for name in ("default-deny-ingress", "postgres-from-mlflow", "mlflow-from-training",
+    for name in ("default-deny-ingress", "postgres-from-mlflow", "mlflow-from-sweeps",
                  "default-deny-egress", "dns-egress", "training-to-mlflow", "mlflow-to-postgres",
                  "controller-to-kubernetes-api", "data-downloads"):
         assert f"networkpolicy.networking.k8s.io/{name}" in result.stdout
     assert "resourcequota/celeb-smile" in result.stdout
     assert "limitrange/celeb-smile" in result.stdout
     assert f"namespace/{cluster_stack.namespace}" in result.stdout
+    assert f"namespace/{cluster_stack.tracking_namespace}" in result.stdout
+    assert "role.rbac.authorization.k8s.io/celeb-smile-sweep-user" in result.stdout
 
 
 def test_job_template_passes_server_side_dry_run(cluster_stack):
@@ -178,7 +192,9 @@ def test_job_template_matches_the_stack():
     job = yaml.safe_load((PROJECT_DIR / "job_template.yaml").read_text())
     config = json.loads((PROJECT_DIR / "kubernetes_config.json").read_text())
     assert config == {"kube-job-template-path": "job_template.yaml",
-                      "repository-uri": "localhost:5001/celeb-smile-train"}
+                      "repository-uri": "localhost:5001/celeb-smile-train",
+                      "tracking-namespace": "celeb-smile"}
+    assert job["metadata"]["namespace"] == "celeb-smile-sweeps"
     pod = job["spec"]["template"]["spec"]
     assert job["spec"]["template"]["metadata"]["labels"] == {LABEL_KEY: "training"}
     assert pod["serviceAccountName"] == "celeb-smile-trainer"
@@ -196,8 +212,8 @@ def test_job_template_matches_the_stack():
     claims = {volume["persistentVolumeClaim"]["claimName"] for volume in pod["volumes"]
               if "persistentVolumeClaim" in volume}
     assert {volume["name"] for volume in pod["volumes"] if "emptyDir" in volume} == {"tmp", "home"}
-    resources = [yaml.safe_load(path.read_text()) for path in K8S_DIR.glob("*.yaml")
-                 if path.name != "kustomization.yaml"]
+    resources = [yaml.safe_load(path.read_text()) for path in K8S_DIR.glob("*/*.yaml")
+                 if path.name != "kustomization.yaml" and path.parent.name != "data"]
     assert claims <= {r["metadata"]["name"] for r in resources if r["kind"] == "PersistentVolumeClaim"}
     label_keys = {key for r in resources for key in r["metadata"].get("labels", {})}
     assert label_keys == {LABEL_KEY}

@@ -1,5 +1,5 @@
 """A sweep's trial-user Secret on the cluster, made and deleted as the controller's
-ServiceAccount (k8s/controller-*.yaml) would: its Role lets it create and delete Secrets and
+ServiceAccount (k8s/sweeps/controller-*.yaml) would: its Role lets it create and delete Secrets and
 never read one. No image is built: only the Role, its binding and the Secret calls of
 celeb_smile/sweep/backends/kubernetes.py, in a namespace of the test's own."""
 
@@ -29,7 +29,8 @@ def namespace(kube_env):
     kubectl(kube_env, "create", "namespace", name)
     try:
         for file in CONTROLLER_FILES:
-            kubectl(kube_env, "apply", "-n", name, "-f", str(PROJECT_DIR / "k8s" / file))
+            kubectl(kube_env, "apply", "-n", name, "-f",
+                    str(PROJECT_DIR / "k8s" / "sweeps" / file))
         yield name
     finally:
         kubectl(kube_env, "delete", "namespace", name, "--ignore-not-found", "--wait=false",

@@ -1,5 +1,6 @@
 """driver.py --backend kubernetes as the cluster tests run it: against the tests' own stack
-(through its port-forward, as the admin), and what they read back (runs, Jobs)."""
+(through its port-forward, as MLflow's admin, as the stack's sweep user on Kubernetes: the
+shipped Role celeb-smile-sweep-user and nothing more), and what they read back (runs, Jobs)."""
 
 import re
 import subprocess
@@ -24,7 +25,7 @@ def driver_command(stack, *args, backend_config=None):
 
 
 def driver_env(stack):
-    return dict(stack.env, MLFLOW_TRACKING_URI=stack.tracking_uri,
+    return dict(stack.sweep_user_env, MLFLOW_TRACKING_URI=stack.tracking_uri,
                 KUBE_MLFLOW_TRACKING_URI=stack.in_cluster_tracking_uri)
 
 
