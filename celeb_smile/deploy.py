@@ -10,7 +10,9 @@ people running sweeps). It writes .deploy/<namespace>/ (git-ignored) and prints 
   tracking/, sweeps/        each namespace's overlay: k8s/<part> + the namespace, its Namespace
                             (Pod Security "restricted"), its policies' peer namespace, its
                             Secrets (from copies of the files it needs in its own secrets/:
-                            kustomize reads no file outside an overlay); tracking/ also the
+                            kustomize reads no file outside an overlay; sweeps/ also the
+                            trainer's MLflow credentials file made from them, which the Job
+                            template mounts); tracking/ also the
                             images' registry and a pod-template annotation per Deployment (a
                             changed secret rolls it)
   job_template.yaml         ../../job_template.yaml for the sweeps namespace
@@ -45,6 +47,10 @@ DB_USERNAME = "mlflow"
 # Each generated secret: its file in secrets/. Rotating one = replacing its file (README).
 SECRET_FILES = ("postgres-superuser-password", "mlflow-db-password", "mlflow-admin-password",
                 "flask-secret-key", "trainer-password")
+# The legacy trainer's MLflow credentials file (mlflow_credentials_file), written on every
+# render into the sweeps overlay's secrets/ from trainer-password: Secret mlflow-trainer's key
+# `credentials`, which job_template.yaml mounts at ~/.mlflow/credentials.
+TRAINER_CREDENTIALS_FILE = "trainer-credentials"
 SWEEPS_SUFFIX = "-sweeps"
 # A DNS-1123 label short enough that <namespace>-sweeps is one too.
 NAMESPACE_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]{0,54}[a-z0-9])?")
@@ -113,6 +119,18 @@ def validate(namespace: str, registry: str) -> None:
         raise ValueError(f"REGISTRY must be host[:port][/path] without a scheme, got {registry!r}")
 
 
+def mlflow_credentials_file(username: str, password: str) -> str:
+    """MLflow's credentials file (~/.mlflow/credentials, which its client reads on every
+    request: mlflow.utils.credentials) for `username`: an ini file that ConfigParser, with its
+    %-interpolation, reads back to exactly these values."""
+    for what, value in (("username", username), ("password", password)):
+        if value != value.strip() or any(c in value for c in "\r\n"):
+            raise ValueError(f"an MLflow {what} in a credentials file cannot have line breaks or "
+                             "leading or trailing whitespace")
+    return (f"[mlflow]\nmlflow_tracking_username = {username.replace('%', '%%')}\n"
+            f"mlflow_tracking_password = {password.replace('%', '%%')}\n")
+
+
 def ensure_secrets(directory: Path) -> dict[str, str]:
     """Every secret file, generated (32 random bytes, URL-safe) if missing; existing ones kept."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -152,11 +170,13 @@ def tracking_kustomization(namespace: str, registry: str, project_dir: Path,
 
 def sweeps_kustomization(namespace: str, project_dir: Path, directory: Path) -> dict:
     """The sweeps namespace's overlay: only the legacy trainer's Secret (job_template.yaml's,
-    for a plain `mlflow run`); a sweep's trial-user Secrets are made by its controller."""
+    for a plain `mlflow run`, whose pods mount its `credentials`); a sweep's trial-user Secrets
+    are made by its controller."""
     return {
         **_overlay_base(sweeps_namespace(namespace), project_dir / "k8s" / "sweeps", directory,
                         "sweeps"),
-        "secretGenerator": [_secret("mlflow-trainer", {"password": "trainer-password"},
+        "secretGenerator": [_secret("mlflow-trainer", {"password": "trainer-password",
+                                                       "credentials": TRAINER_CREDENTIALS_FILE},
                                     {"username": TRAINER_USERNAME})],
     }
 
@@ -251,7 +271,9 @@ def render(namespace: str = DEFAULT_NAMESPACE, registry: str = DEFAULT_REGISTRY,
             files |= {f"secrets-checksum-{name}.yaml": _json(checksum_patch(name, values))
                       for name in DEPLOYMENTS}
         _write(directory / part, files)
-        _copy_secrets(overlay.secrets_dir, directory / part / "secrets", kustomization)
+        _copy_secrets(overlay.secrets_dir, directory / part / "secrets", kustomization, {
+            TRAINER_CREDENTIALS_FILE: mlflow_credentials_file(TRAINER_USERNAME,
+                                                              values["trainer-password"])})
     _write(directory, {
         "kustomization.yaml": _json({"apiVersion": "kustomize.config.k8s.io/v1beta1",
                                      "kind": "Kustomization", "bases": list(parts)}),
@@ -268,17 +290,20 @@ def _write(directory: Path, files: dict[str, str]) -> None:
         (directory / name).write_text(text)
 
 
-def _copy_secrets(source: Path, target: Path, kustomization: dict) -> None:
+def _copy_secrets(source: Path, target: Path, kustomization: dict,
+                  derived: dict[str, str]) -> None:
     """The secret files an overlay's generators read, copied beside it (mode 600): kustomize
-    reads no file outside the overlay's directory."""
+    reads no file outside the overlay's directory. A file named in `derived` is written with
+    that text instead (made from the secrets, never kept in `source`)."""
     target.mkdir(mode=0o700, exist_ok=True)
     os.chmod(target, 0o700)
     for generator in kustomization["secretGenerator"]:
         for entry in generator["files"]:
             name = Path(entry.split("=", 1)[1]).name
             descriptor = os.open(target / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(descriptor, 0o600)  # an older file's mode too
             with os.fdopen(descriptor, "w") as handle:
-                handle.write((source / name).read_text())
+                handle.write(derived[name] if name in derived else (source / name).read_text())
 
 
 def _json(value) -> str:

@@ -124,10 +124,14 @@ def refusal_reason(error: BaseException) -> str:
 
 
 def refusal_message(what: str, status: int, reason: str = "") -> str:
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or "(no user)"
+    from mlflow.utils.credentials import read_mlflow_creds
+
+    # MLflow's own lookup: the environment, else ~/.mlflow/credentials (a trial pod's file).
+    user = read_mlflow_creds().username or "(no user)"
     if status == 401:
         return (f"the tracking server does not accept user {user!r}'s credentials (401) "
-                f"to {what}: check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+                f"to {what}: check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                f"(or ~/.mlflow/credentials)")
     if reason:
         return f"user {user!r} may not {what} (403 Permission denied: {reason})"
     experiment = os.environ.get("MLFLOW_EXPERIMENT_ID", "?")

@@ -69,7 +69,53 @@ def test_secret_values_reach_kustomize_only_through_files(tmp_path):
         {"secrets", "tracking/secrets", "sweeps/secrets"}
     assert {oct(path.stat().st_mode & 0o777) for path in secret_files} == {"0o600"}
     assert {path.name for path in (tmp_path / "sweeps" / "secrets").iterdir()} == \
-        {"trainer-password"}
+        {"trainer-password", "trainer-credentials"}
+
+
+def _read_credentials_file(text: str) -> tuple[str, str]:
+    """As MLflow's client reads ~/.mlflow/credentials (mlflow.utils.credentials)."""
+    import configparser
+
+    parser = configparser.ConfigParser()
+    parser.read_string(text)
+    return (parser["mlflow"]["mlflow_tracking_username"],
+            parser["mlflow"]["mlflow_tracking_password"])
+
+
+def test_the_legacy_trainers_secret_in_the_sweeps_namespace_has_its_credentials_file(tmp_path):
+    """job_template.yaml mounts mlflow-trainer's `credentials`: the sweeps overlay generates
+    it from a private file written on every render; the tracking overlay's stays as it was."""
+    overlay = deploy.render("team-a", directory=tmp_path)
+    sweeps = json.loads((tmp_path / "sweeps" / "kustomization.yaml").read_text())
+    (trainer,) = [s for s in sweeps["secretGenerator"] if s["name"] == "mlflow-trainer"]
+    assert trainer["files"] == ["password=secrets/trainer-password",
+                                "credentials=secrets/trainer-credentials"]
+    assert trainer["literals"] == ["username=trainer"]
+    path = tmp_path / "sweeps" / "secrets" / "trainer-credentials"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert _read_credentials_file(path.read_text()) == overlay.trainer_credentials()
+    assert not (overlay.secrets_dir / "trainer-credentials").exists()  # made, never kept
+    tracking = json.loads((tmp_path / "tracking" / "kustomization.yaml").read_text())
+    (tracked,) = [s for s in tracking["secretGenerator"] if s["name"] == "mlflow-trainer"]
+    assert tracked["files"] == ["password=secrets/trainer-password"]
+
+    path.chmod(0o644)  # a file left readable: made private again by the next render
+    (overlay.secrets_dir / "trainer-password").write_text("rotated%-" + "x" * 40)
+    deploy.render("team-a", directory=tmp_path)
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    assert _read_credentials_file(path.read_text()) == ("trainer", "rotated%-" + "x" * 40)
+
+
+@pytest.mark.parametrize("password", ["plain", "100%", "%(x)s", "a=b:c #d ;e", "[mlflow]"])
+def test_a_credentials_file_reads_back_to_its_values(password):
+    assert _read_credentials_file(deploy.mlflow_credentials_file("trial-1-ab", password)) == \
+        ("trial-1-ab", password)
+
+
+@pytest.mark.parametrize("password", ["two\nlines", " padded", "cr\r"])
+def test_a_password_a_credentials_file_cannot_hold_is_refused(password):
+    with pytest.raises(ValueError, match="line breaks or leading or trailing whitespace"):
+        deploy.mlflow_credentials_file("trainer", password)
 
 
 def test_a_changed_secret_changes_the_rollout_annotation(tmp_path):

@@ -87,6 +87,11 @@ def test_only_the_controller_pod_mounts_the_credentials_secret():
     template = yaml.safe_load((PROJECT_DIR / "job_template.yaml").read_text())
     trial_volumes = template["spec"]["template"]["spec"]["volumes"]
     assert not any("secret" in volume for volume in trial_volumes)
+    # A trial mounts its MLflow login only (the template's: the legacy trainer's; a sweep's
+    # Jobs: their trial user's), never a controller's Secret.
+    mounted = [source["secret"]["name"] for volume in trial_volumes
+               for source in volume.get("projected", {}).get("sources", []) if "secret" in source]
+    assert mounted == ["mlflow-trainer"]
 
 
 def test_the_controller_image_sits_beside_the_training_image():

@@ -1,5 +1,6 @@
 """The Job a trial becomes (no cluster needed): labels that list a sweep in one call, the
-entry point as an argv, the run's coordinates, the data volume only for CelebA trials."""
+entry point as an argv, the run's coordinates, the data volume only for CelebA trials, MLflow's
+credentials as a mounted file from the sweep's Secret (never in the environment)."""
 
 import re
 
@@ -7,12 +8,14 @@ import pytest
 import yaml
 
 from celeb_smile import deploy
-from celeb_smile.constants import (RUN_LABEL, SWEEP_LABEL, TRAINER_HTTP_ENV, TRIAL_USER_TAG,
-                                   TrialState)
+from celeb_smile.constants import (COMPONENT_LABEL, RUN_LABEL, SWEEP_LABEL, TRAINER_HTTP_ENV,
+                                   TRIAL_USER_TAG, TrialState)
 from celeb_smile.sweep import access
-from celeb_smile.sweep.backends.kubernetes import (JobWatch, KubernetesBackend,
-                                                 KubernetesTrial, _pod_failure, job_name,
-                                                 trial_secret_name)
+from celeb_smile.sweep.backends.kubernetes import (CREDENTIAL_ENV, CREDENTIALS_COMPONENT,
+                                                 CREDENTIALS_VOLUME, JobWatch,
+                                                 KubernetesBackend, KubernetesTrial,
+                                                 _pod_failure, create_trial_secret, job_name,
+                                                 trial_secret_name, use_credentials)
 from celeb_smile.sweep.trial import Trial
 from tests.conftest import PROJECT_DIR
 
@@ -231,17 +234,29 @@ def test_a_relaunched_trials_job_has_a_name_of_its_own():
 
 
 # -- the sweep's trial user ------------------------------------------------------------------
-def credential_refs(job) -> dict:
-    container = job["spec"]["template"]["spec"]["containers"][0]
-    return {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
-            if e["name"].startswith("MLFLOW_TRACKING_") and "valueFrom" in e}
+def credentials_source(job) -> tuple[set, str, dict]:
+    """(the credential variables in the pod's environment, the directory mounting the
+    credentials volume, that volume's source)."""
+    pod = job["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"] for e in container.get("env", [])} & set(CREDENTIAL_ENV)
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == CREDENTIALS_VOLUME]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == CREDENTIALS_VOLUME]
+    return env, mount["mountPath"], volume["projected"]
+
+
+def mounted_from(secret_name: str) -> tuple[set, str, dict]:
+    """No variable; MLflow's credentials file ~/.mlflow/credentials from `secret_name`'s key
+    `credentials`, read-only for the trainer's group (the pod's fsGroup) only."""
+    return set(), "/home/trainer/.mlflow", {"defaultMode": 0o440, "sources": [{"secret": {
+        "name": secret_name, "items": [{"key": "credentials", "path": "credentials"}]}}]}
 
 
 def test_without_a_trial_user_a_job_keeps_the_templates_credentials():
     """A server without authentication, or a single `mlflow run`: the template's `trainer`."""
-    assert credential_refs(manifest({})) == {
-        "MLFLOW_TRACKING_USERNAME": {"name": "mlflow-trainer", "key": "username"},
-        "MLFLOW_TRACKING_PASSWORD": {"name": "mlflow-trainer", "key": "password"}}
+    assert credentials_source(manifest({})) == mounted_from("mlflow-trainer")
+    assert credentials_source(manifest({"dataset": "celeb_a"})) == mounted_from("mlflow-trainer")
 
 
 def test_a_sweeps_jobs_log_as_its_trial_user_from_its_secret_and_runs_are_tagged_for_it():
@@ -250,14 +265,69 @@ def test_a_sweeps_jobs_log_as_its_trial_user_from_its_secret_and_runs_are_tagged
     backend.use_trial_credentials("trial-7-abc123")
     trial = Trial(3, {}, sweep_id="abc123", run_id="f" * 32)
     job = backend.job_manifest(trial, experiment_id="7")
-    assert credential_refs(job) == {
-        "MLFLOW_TRACKING_USERNAME": {"name": "celeb-smile-trial-7-abc123", "key": "username"},
-        "MLFLOW_TRACKING_PASSWORD": {"name": "celeb-smile-trial-7-abc123", "key": "password"}}
-    names = [e["name"] for e in job["spec"]["template"]["spec"]["containers"][0]["env"]]
-    assert len(names) == len(set(names))  # replaced, not added beside the template's
+    assert credentials_source(job) == mounted_from("celeb-smile-trial-7-abc123")
+    pod = job["spec"]["template"]["spec"]
+    assert not any(e["name"].startswith("MLFLOW_TRACKING_") and "value" not in e
+                   for e in pod["containers"][0]["env"])  # no password in the environment
+    names = [v["name"] for v in pod["volumes"]]
+    assert len(names) == len(set(names))  # repointed, not added beside the template's
     assert backend.run_tags(trial)[TRIAL_USER_TAG] == "trial-7-abc123"
     assert TRIAL_USER_TAG not in KubernetesBackend(CONFIG, "http://x:5000", "abc123").run_tags(
         trial)
+
+
+def test_a_template_with_credential_variables_and_no_credentials_volume_is_repointed_too():
+    """An older template (the variables from a Secret): they would win over the file."""
+    pod = {"containers": [{"env": [
+        {"name": "TFDS_DATA_DIR", "value": "/data"},
+        {"name": "MLFLOW_TRACKING_USERNAME",
+         "valueFrom": {"secretKeyRef": {"name": "mlflow-trainer", "key": "username"}}},
+        {"name": "MLFLOW_TRACKING_PASSWORD",
+         "valueFrom": {"secretKeyRef": {"name": "mlflow-trainer", "key": "password"}}}],
+        "volumeMounts": [{"name": "home", "mountPath": "/home/trainer"}]}],
+        "volumes": [{"name": "home", "emptyDir": {}}]}
+    use_credentials(pod, "celeb-smile-trial-7-abc123")
+    assert pod["containers"][0]["env"] == [{"name": "TFDS_DATA_DIR", "value": "/data"}]
+    job = {"spec": {"template": {"spec": pod}}}
+    assert credentials_source(job) == mounted_from("celeb-smile-trial-7-abc123")
+    use_credentials(pod, "celeb-smile-trial-8-abc123")  # again: still one volume, one mount
+    assert credentials_source(job) == mounted_from("celeb-smile-trial-8-abc123")
+
+
+class SecretsApi:
+    """A CoreV1Api double that keeps the Secrets it is asked to create (409 when one exists)."""
+
+    def __init__(self):
+        self.secrets = {}
+
+    def create_namespaced_secret(self, namespace, body, dry_run=None, **options):
+        from kubernetes.client.rest import ApiException
+
+        if (namespace, body.metadata.name) in self.secrets:
+            raise ApiException(status=409, reason="AlreadyExists")
+        if dry_run is None:
+            self.secrets[namespace, body.metadata.name] = body
+
+
+def test_a_trial_users_secret_holds_mlflows_credentials_file_beside_its_values():
+    import configparser
+
+    api = SecretsApi()
+    password = "pa%ss" + "x" * 40
+    assert create_trial_secret(api, "ns", "abc123", "trial-7-abc123", "", dry_run=True)
+    assert api.secrets == {}
+    assert create_trial_secret(api, "ns", "abc123", "trial-7-abc123", password)
+    secret = api.secrets["ns", "celeb-smile-trial-7-abc123"]
+    assert secret.metadata.labels == {SWEEP_LABEL: "abc123",
+                                      COMPONENT_LABEL: CREDENTIALS_COMPONENT}
+    assert set(secret.string_data) == {"username", "password", "credentials"}
+    assert (secret.string_data["username"], secret.string_data["password"]) == \
+        ("trial-7-abc123", password)
+    parser = configparser.ConfigParser()  # as MLflow's client reads ~/.mlflow/credentials
+    parser.read_string(secret.string_data["credentials"])
+    assert dict(parser["mlflow"]) == {"mlflow_tracking_username": "trial-7-abc123",
+                                      "mlflow_tracking_password": password}
+    assert create_trial_secret(api, "ns", "abc123", "trial-7-abc123", "other") is False
 
 
 def test_a_trial_users_secret_name_is_a_valid_kubernetes_name():

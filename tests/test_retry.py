@@ -115,3 +115,16 @@ def test_a_refusal_json_or_plain_ends_the_call_at_once_in_one_line(error, says, 
         patiently("open the run", call, patience_s=300)
     assert attempts == [1]
     assert says in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_a_refusal_names_the_user_of_a_credentials_file_as_a_trial_pod_has(monkeypatch,
+                                                                           tmp_path):
+    """Trial pods have no credential variables: MLflow reads ~/.mlflow/credentials."""
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / ".mlflow").mkdir()
+    (tmp_path / ".mlflow" / "credentials").write_text(
+        "[mlflow]\nmlflow_tracking_username = trial-7-abc\nmlflow_tracking_password = x\n")
+    assert refusal_message("open the run", 401).startswith(
+        "the tracking server does not accept user 'trial-7-abc''s credentials (401)")

@@ -22,13 +22,14 @@ from mlflow.server import get_app_client
 
 from celeb_smile.constants import EXIT_BAD_INPUT, TRIAL_USER_TAG
 from celeb_smile.sweep import single_run
-from celeb_smile.sweep.backends.kubernetes import CREDENTIAL_KEYS
+from celeb_smile.sweep.backends.kubernetes import CREDENTIAL_ENV, CREDENTIALS_VOLUME
 from celeb_smile.sweep.single_run import (SINGLE_RUN_LABEL, SingleRun, last_error_line,
                                           mlflow_run_args)
 from tests.conftest import PROJECT_DIR
 from tests.helpers.auth_server import basic_auth_server
 
 CONFIG = str(PROJECT_DIR / "kubernetes_config.json")
+MLFLOW_DIR = "/home/trainer/.mlflow"  # ~/.mlflow in the training image: MLflow's credentials
 MLFLOW_RUN = ["mlflow", "run", ".", "--backend", "kubernetes", "--backend-config", CONFIG,
               "-P", "epochs=2"]
 
@@ -80,15 +81,19 @@ def test_the_temporary_job_template_reads_the_trial_users_secret(tmp_path):
     container = job["spec"]["template"]["spec"]["containers"][0]
     secret = f"celeb-smile-{run.username}"
     assert run.username.startswith("trial-7-")
-    assert {item["name"]: item["valueFrom"]["secretKeyRef"] for item in container["env"]
-            if "valueFrom" in item} == {name: {"name": secret, "key": key}
-                                        for name, key in CREDENTIAL_KEYS.items()}
-    original_container = original["spec"]["template"]["spec"]["containers"][0]
-    assert [item for item in container["env"] if "valueFrom" not in item] == \
-        [item for item in original_container["env"] if "valueFrom" not in item]
-    assert dict(container, env=None) == dict(original_container, env=None)
-    assert dict(job["spec"]["template"]["spec"], containers=None) == \
-        dict(original["spec"]["template"]["spec"], containers=None)  # its pods unchanged
+    assert not {item["name"] for item in container["env"]} & set(CREDENTIAL_ENV)
+    assert {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]
+            if mount.get("readOnly")}[MLFLOW_DIR] == CREDENTIALS_VOLUME
+    pod, original_pod = job["spec"]["template"]["spec"], original["spec"]["template"]["spec"]
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    original_volumes = {volume["name"]: volume for volume in original_pod["volumes"]}
+    assert json.dumps(volumes[CREDENTIALS_VOLUME]) == json.dumps(  # only repointed
+        original_volumes[CREDENTIALS_VOLUME]).replace('"mlflow-trainer"', f'"{secret}"')
+    assert "mlflow-trainer" in json.dumps(original_volumes[CREDENTIALS_VOLUME])
+    assert dict(volumes, **{CREDENTIALS_VOLUME: None}) == \
+        dict(original_volumes, **{CREDENTIALS_VOLUME: None})
+    assert container == original_pod["containers"][0]  # its container unchanged
+    assert dict(pod, volumes=None) == dict(original_pod, volumes=None)  # and the rest of its pod
     given = json.loads(Path(CONFIG).read_text())  # every other key as given
     assert {key: value for key, value in config.items() if key != "kube-job-template-path"} == \
         {key: value for key, value in given.items() if key != "kube-job-template-path"}
@@ -321,8 +326,8 @@ class FakeKube:
 class FakeMlflowRun:
     """`popen` for SingleRun.execute: what `mlflow run --backend kubernetes` and then the
     kubelet do. MLflow creates the run as the person (untagged) and the Job from the backend
-    config it is given; the pod waits for the Secret its template names, then logs as the
-    credentials in it (plain HTTP: this process's MLflow client is the person's)."""
+    config it is given; the pod waits for the Secret its ~/.mlflow volume names, then logs as the
+    credentials file in it (plain HTTP: this process's MLflow client is the person's)."""
 
     def __init__(self, kube: FakeKube, uri: str, returncode: int = 0, log: bytes = b"",
                  interrupt: bool = False):
@@ -354,15 +359,24 @@ class FakeMlflowRun:
         return self
 
     def _pod(self, container, job) -> None:
-        secret = {item["name"]: item["valueFrom"]["secretKeyRef"]["name"]
-                  for item in container["env"] if "valueFrom" in item}
-        assert set(secret.values()) == {secret["MLFLOW_TRACKING_USERNAME"]}
-        key = (job["metadata"]["namespace"], secret["MLFLOW_TRACKING_USERNAME"])
+        import configparser
+
+        assert not {item["name"] for item in container["env"]} & set(CREDENTIAL_ENV)
+        (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == MLFLOW_DIR]
+        (volume,) = [v for v in job["spec"]["template"]["spec"]["volumes"]
+                     if v["name"] == mount["name"]]
+        (source,) = volume["projected"]["sources"]
+        key = (job["metadata"]["namespace"], source["secret"]["name"])
         deadline = time.monotonic() + 20
         while key not in self.kube.secrets and time.monotonic() < deadline:
             time.sleep(0.05)
-        credentials = self.kube.secrets[key]
-        auth = (credentials["username"], credentials["password"])
+        files = {item["path"]: self.kube.secrets[key][item["key"]]
+                 for item in source["secret"]["items"]}
+        parser = configparser.ConfigParser()  # what MLflow's client reads on every request
+        parser.read_string(files["credentials"])
+        auth = (parser["mlflow"]["mlflow_tracking_username"],
+                parser["mlflow"]["mlflow_tracking_password"])
+        credentials = {"password": auth[1]}
         self.password = credentials["password"]
         for path, body in (("runs/log-metric", {"run_id": self.run_id, "key": "val_accuracy",
                                                 "value": 0.75, "timestamp": 1, "step": 0}),

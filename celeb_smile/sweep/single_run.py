@@ -11,13 +11,13 @@ user made for that one run (celeb_smile.sweep.access), so that nobody grants the
    experiment) makes `trial-<experiment id>-<random id>` with a random password and EDIT on it.
    Whoever may not is refused here, in one line (exit 2), before anything is created;
 3. `mlflow run` runs with the same arguments and a backend config of its own: a temporary copy
-   whose Job template points the container's MLFLOW_TRACKING_USERNAME / PASSWORD at the trial
-   user's Secret, `celeb-smile-trial-…`, and labels the Job (SINGLE_RUN_LABEL);
+   whose Job template mounts the trial user's Secret, `celeb-smile-trial-…` (its MLflow
+   credentials file, at ~/.mlflow/credentials), and labels the Job (SINGLE_RUN_LABEL);
 4. MLflow creates the run (as the person) and the Job; the Secret does not exist yet, so the pod
    cannot start. Once the Job is there, the run it names (its MLFLOW_RUN_ID) is tagged for the
    trial user (TRIAL_USER_TAG: the server lets a `trial-…` user write only such runs), and only
-   then is the Secret created: the pod starts (the kubelet retries a missing Secret) and logs
-   as the trial user, which can write that run and nothing else;
+   then is the Secret created: the pod starts (the kubelet retries mounting a missing Secret)
+   and logs as the trial user, which can write that run and nothing else;
 5. afterwards (finished, failed, Ctrl-C) the user and its Secret are deleted, with the temporary
    files. A failed Job is explained by its pod's last error line.
 
@@ -196,8 +196,7 @@ class SingleRun:
     def _write_backend_config(self, directory: Path) -> Path:
         job = json.loads(json.dumps(self.template))
         job["metadata"].setdefault("labels", {})[SINGLE_RUN_LABEL] = self.single_run_id
-        use_credentials(job["spec"]["template"]["spec"]["containers"][0],
-                        trial_secret_name(self.username))
+        use_credentials(job["spec"]["template"]["spec"], trial_secret_name(self.username))
         template_path = directory / "job_template.yaml"
         template_path.write_text(yaml.safe_dump(job, sort_keys=False))
         config_path = directory / "kubernetes_config.json"  # MLflow wants the .json suffix

@@ -86,12 +86,24 @@ def test_job_ran_as_configured(cluster_stack, finished_run):
     assert env["MLFLOW_TRACKING_URI"] == cluster_stack.in_cluster_tracking_uri
     assert env["MLFLOW_RUN_ID"] == finished_run.run_id
     assert env["TFDS_DATA_DIR"] == "/data/tensorflow_datasets"
-    secrets = {item["name"]: item["valueFrom"]["secretKeyRef"]["name"]
-               for item in pod["spec"]["containers"][0]["env"] if "valueFrom" in item}
-    assert secrets == {"MLFLOW_TRACKING_USERNAME": "mlflow-trainer",
-                       "MLFLOW_TRACKING_PASSWORD": "mlflow-trainer"}
+    assert _credentials_mounted_from(pod) == "mlflow-trainer"
     run = _client(cluster_stack).get_run(finished_run.run_id)
-    assert run.data.params["epochs"] == "2"  # logged by the pod, as the trainer
+    assert run.data.params["epochs"] == "2"  # logged by the pod, as the trainer (from the file)
+
+
+def _credentials_mounted_from(pod) -> str:
+    """The Secret whose MLflow credentials file the pod read at ~/.mlflow/credentials; no
+    credential variable in its environment (it would win over the file)."""
+    container = pod["spec"]["containers"][0]
+    env = {item["name"] for item in container["env"]}
+    assert not env & {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}, env
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/home/trainer/.mlflow"]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume["projected"]["defaultMode"] == 0o440
+    (source,) = volume["projected"]["sources"]
+    assert source["secret"]["items"] == [{"key": "credentials", "path": "credentials"}]
+    return source["secret"]["name"]
 
 
 def test_model_downloads_through_the_server_and_predicts(cluster_stack, finished_run, tmp_path,
@@ -202,9 +214,7 @@ def test_the_readme_command_runs_with_no_grant_as_a_user_of_its_own(cluster_stac
         history = client.get_metric_history(run.run_id, key)
         assert sorted(m.step for m in history) == [0, 1], (key, history)
     (pod,) = job_pods(cluster_stack, run.job_names[0])
-    assert {item["name"]: item["valueFrom"]["secretKeyRef"]["name"]
-            for item in pod["spec"]["containers"][0]["env"] if "valueFrom" in item} == \
-        {"MLFLOW_TRACKING_USERNAME": secret, "MLFLOW_TRACKING_PASSWORD": secret}
+    assert _credentials_mounted_from(pod) == secret
     assert pod["metadata"]["labels"][LABEL_KEY] == "training"
 
 

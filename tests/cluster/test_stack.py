@@ -185,6 +185,17 @@ def test_job_template_passes_server_side_dry_run(cluster_stack):
     created = json.loads(result.stdout)
     assert created["metadata"]["namespace"] == cluster_stack.namespace
     assert created["spec"]["backoffLimit"] == 0
+    # The Secret it mounts is there, its `credentials` MLflow's file of the trainer's values.
+    import base64
+    import configparser
+
+    secret = json.loads(cluster_stack.kubectl("get", "secret", "mlflow-trainer", "-o",
+                                              "json").stdout)
+    parser = configparser.ConfigParser()
+    parser.read_string(base64.b64decode(secret["data"]["credentials"]).decode())
+    assert (parser["mlflow"]["mlflow_tracking_username"],
+            parser["mlflow"]["mlflow_tracking_password"]) == \
+        cluster_stack.overlay.trainer_credentials()
 
 
 def test_job_template_matches_the_stack():
@@ -201,13 +212,18 @@ def test_job_template_matches_the_stack():
     assert pod["automountServiceAccountToken"] is False
     assert pod["restartPolicy"] == "Never"
     assert pod["securityContext"]["runAsNonRoot"] is True
-    env = {item["name"]: item.get("valueFrom", {}).get("secretKeyRef")
-           for item in pod["containers"][0]["env"]}
-    assert env["MLFLOW_TRACKING_USERNAME"] == {"name": "mlflow-trainer", "key": "username"}
-    assert env["MLFLOW_TRACKING_PASSWORD"] == {"name": "mlflow-trainer", "key": "password"}
+    env = {item["name"] for item in pod["containers"][0]["env"]}
+    assert not env & {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}  # a file instead
     mounts = {mount["name"]: mount for mount in pod["containers"][0]["volumeMounts"]}
-    assert set(mounts) == {"tfds-data", "tmp", "home"}
+    assert set(mounts) == {"tfds-data", "tmp", "home", "mlflow-credentials"}
     assert mounts["tfds-data"]["readOnly"] is True
+    # MLflow's credentials file, ~/.mlflow/credentials, from the legacy trainer's Secret.
+    assert mounts["mlflow-credentials"] == {"name": "mlflow-credentials", "readOnly": True,
+                                            "mountPath": "/home/trainer/.mlflow"}
+    assert mounts["home"]["mountPath"] == "/home/trainer"
+    (credentials,) = [volume for volume in pod["volumes"] if volume["name"] == "mlflow-credentials"]
+    assert credentials["projected"] == {"defaultMode": 0o440, "sources": [{"secret": {
+        "name": "mlflow-trainer", "items": [{"key": "credentials", "path": "credentials"}]}}]}
     assert pod["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
     claims = {volume["persistentVolumeClaim"]["claimName"] for volume in pod["volumes"]
               if "persistentVolumeClaim" in volume}

@@ -9,10 +9,11 @@ pods in one call.
 On a tracking server with authentication, the trials log as the sweep's trial user
 (celeb_smile.sweep.access): its credentials are a Secret of the sweep, `celeb-smile-<user>`,
 which the controller creates (never reads) when the sweep starts and deletes when it ends, and
-which each Job's MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD name instead of the Job
-template's (the legacy `trainer`'s). A single `mlflow run` through scripts/tracking.py gets a
-trial user and Secret of its own the same way (celeb_smile.sweep.single_run, which reuses the
-Secret helpers and `use_credentials` below).
+whose `credentials` item (MLflow's credentials file) each Job mounts read-only at
+~/.mlflow/credentials instead of the Job template's (the legacy `trainer`'s): MLflow's client
+reads that file on every request, so no password sits in a process's environment. A single
+`mlflow run` through scripts/tracking.py gets a trial user and Secret of its own the same way
+(celeb_smile.sweep.single_run, which reuses the Secret helpers and `use_credentials` below).
 """
 
 import copy
@@ -25,6 +26,7 @@ import yaml
 
 from celeb_smile.constants import (COMPONENT_LABEL, EXIT_TERMINATED, JOB_TAG, RUN_LABEL,
                                    SWEEP_ENV, SWEEP_LABEL, TRIAL_USER_TAG, TrialState)
+from celeb_smile.deploy import mlflow_credentials_file
 from celeb_smile.sweep.backends import (LaunchError, Observation, PreparationError,
                                         entry_point_argv, run_docker)
 from celeb_smile.sweep.spec import PROJECT_DIR, project
@@ -32,8 +34,14 @@ from celeb_smile.sweep.spec import PROJECT_DIR, project
 REQUEST_TIMEOUT = (5, 15)  # connect, read (seconds) on every Kubernetes API call
 TRIAL_COMPONENT = "training"  # job_template.yaml's component label
 CREDENTIALS_COMPONENT = "trial-credentials"  # a sweep's trial-user Secret
-# The pod's variable -> its key in the sweep's trial-user Secret.
-CREDENTIAL_KEYS = {"MLFLOW_TRACKING_USERNAME": "username", "MLFLOW_TRACKING_PASSWORD": "password"}
+# Variables a pod must not have: they would win over the mounted credentials file.
+CREDENTIAL_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+# job_template.yaml's volume of the credentials Secret, mounted at ~/.mlflow (HOME is the image's
+# /home/trainer, an emptyDir); the Secret's key CREDENTIALS_KEY becomes the file `credentials`.
+CREDENTIALS_VOLUME = "mlflow-credentials"
+CREDENTIALS_DIR = "/home/trainer/.mlflow"
+CREDENTIALS_KEY = "credentials"
+CREDENTIALS_MODE = 0o440  # root:fsGroup (10001), read-only: the trainer reads it by its group
 DATA_VOLUMES = ("tfds-data",)  # mounted only by trials that read CelebA
 # Waiting reasons that do not resolve by themselves. ErrImagePull is not among them: a pull
 # can fail once and then succeed; Kubernetes moves to ImagePullBackOff when it keeps failing.
@@ -151,7 +159,7 @@ class KubernetesBackend:
             SWEEP_ENV: self.sweep_id,
             "MLFLOW_TRACKING_URI": self.cluster_tracking_uri}.items()]
         if self.trial_user:
-            use_credentials(container, trial_secret_name(self.trial_user))
+            use_credentials(pod["spec"], trial_secret_name(self.trial_user))
         if trial.params.get("dataset") != "celeb_a":
             _drop_volumes(pod["spec"], DATA_VOLUMES)
         return job
@@ -318,13 +326,16 @@ def trial_secret_name(username: str) -> str:
 
 def create_trial_secret(core, namespace: str, sweep_id: str, username: str, password: str,
                         dry_run: bool = False) -> bool:
-    """The sweep's Secret of `username`'s credentials; False when it exists already."""
+    """The sweep's Secret of `username`'s credentials (`username`, `password` and MLflow's
+    credentials file `credentials`, which the pods mount); False when it exists already."""
     from kubernetes.client import V1ObjectMeta, V1Secret
     from kubernetes.client.rest import ApiException
 
     labels = {SWEEP_LABEL: sweep_id, COMPONENT_LABEL: CREDENTIALS_COMPONENT}
     secret = V1Secret(metadata=V1ObjectMeta(name=trial_secret_name(username), labels=labels),
-                      type="Opaque", string_data={"username": username, "password": password})
+                      type="Opaque", string_data={
+                          "username": username, "password": password,
+                          CREDENTIALS_KEY: mlflow_credentials_file(username, password)})
     try:
         core.create_namespaced_secret(namespace, secret, _request_timeout=REQUEST_TIMEOUT,
                                       **({"dry_run": "All"} if dry_run else {}))
@@ -351,12 +362,29 @@ def delete_trial_secret(core, namespace: str, username: str) -> None:
             raise
 
 
-def use_credentials(container: dict, secret_name: str) -> None:
-    """The container's MLflow credentials from `secret_name`, whatever the template named."""
-    env = [v for v in container.get("env", []) if v["name"] not in CREDENTIAL_KEYS]
-    container["env"] = env + [
-        {"name": name, "valueFrom": {"secretKeyRef": {"name": secret_name, "key": key}}}
-        for name, key in CREDENTIAL_KEYS.items()]
+def credentials_volume(secret_name: str) -> dict:
+    """job_template.yaml's volume of MLflow's credentials file from `secret_name` (projected,
+    as the server's Secrets are: k8s/tracking)."""
+    return {"name": CREDENTIALS_VOLUME, "projected": {
+        "defaultMode": CREDENTIALS_MODE,
+        "sources": [{"secret": {"name": secret_name,
+                                "items": [{"key": CREDENTIALS_KEY, "path": CREDENTIALS_KEY}]}}]}}
+
+
+def use_credentials(pod_spec: dict, secret_name: str) -> None:
+    """The pod's MLflow credentials from `secret_name`'s credentials file, whatever the template
+    named: its credentials volume repointed (added, with its mount, if the template has none)
+    and no credential variable left in the first container's environment."""
+    container = pod_spec["containers"][0]
+    container["env"] = [v for v in container.get("env", []) if v["name"] not in CREDENTIAL_ENV]
+    volume = credentials_volume(secret_name)
+    pod_spec["volumes"] = [v if v["name"] != CREDENTIALS_VOLUME else volume
+                           for v in pod_spec.get("volumes", [])]
+    if volume not in pod_spec["volumes"]:
+        pod_spec["volumes"].append(volume)
+    mounts = container.setdefault("volumeMounts", [])
+    if not any(mount["name"] == CREDENTIALS_VOLUME for mount in mounts):
+        mounts.append({"name": CREDENTIALS_VOLUME, "mountPath": CREDENTIALS_DIR, "readOnly": True})
 
 
 def in_flight_selector(trials) -> str:
