@@ -10,6 +10,7 @@ import secrets
 import pytest
 
 from celeb_smile.constants import COMPONENT_LABEL, SWEEP_LABEL
+from celeb_smile.deploy import mlflow_credentials_file
 from celeb_smile.sweep.backends.kubernetes import (CREDENTIALS_COMPONENT, create_trial_secret,
                                                    delete_trial_secret, trial_secret_name)
 from celeb_smile.sweep.detach import SERVICE_ACCOUNT
@@ -77,8 +78,9 @@ def test_a_sweeps_trial_secret_is_made_once_found_by_a_dry_run_and_deleted(kube_
     assert secret() is None  # a dry run makes nothing
     assert create_trial_secret(as_controller, namespace, "0123456789ab", USERNAME, "s3cret")
     made = secret()
-    assert {key: base64.b64decode(value).decode() for key, value in made["data"].items()} == \
-        {"username": USERNAME, "password": "s3cret"}
+    data = {key: base64.b64decode(value).decode() for key, value in made["data"].items()}
+    assert data == {"username": USERNAME, "password": "s3cret",
+                    "credentials": mlflow_credentials_file(USERNAME, "s3cret")}
     assert made["metadata"]["labels"] == {SWEEP_LABEL: "0123456789ab",
                                           COMPONENT_LABEL: CREDENTIALS_COMPONENT}
     # An earlier controller's Secret: found by a dry run, kept as it is.
