@@ -215,19 +215,24 @@ def test_a_wave_of_trials_has_its_runs_created_together(store):
 
 
 def test_a_round_creates_its_runs_a_few_at_a_time_and_launches_every_trial_once(store):
-    """A wave of 12 trials: never more than RUN_CREATIONS_AT_ONCE runs being created (each
-    creation is held a moment, so that all 12 would overlap if they went out together), yet
-    more than one at a time, and each trial launched once."""
+    """A wave of 12 trials: never more than RUN_CREATIONS_AT_ONCE runs being created, yet
+    more than one at a time, and each trial launched once. The first creation waits for a
+    second to begin (so "more than one" depends on no timing); each is then held a moment, so
+    that a wave sent out all at once would overlap beyond the bound."""
     backend = FakeBackend()
     rates = [f"0.0{i:02d}" for i in range(1, 13)]
     sweep = make_sweep(backend, {"learning_rate": rates}, max_parallel=12)
     create_run, log_tags = sweep.tracking.create_run, sweep.tracking.log_tags
     lock, creating, most = threading.Lock(), set(), []
+    overlapped = threading.Event()
 
     def held(name, call, *args):
         with lock:
             creating.add(name)
             most.append(len(creating))
+            if len(creating) > 1:
+                overlapped.set()
+        overlapped.wait(timeout=30)  # a hang guard: a serial controller fails the test below
         time.sleep(0.05)
         result = call(*args)
         with lock:
