@@ -296,9 +296,10 @@ def test_a_trial_whose_run_was_created_as_the_sweep_was_interrupted_never_launch
 
 
 def test_a_restarted_driver_adopts_trials_in_flight_instead_of_resubmitting(store):
-    first = FakeBackend(on_poll=lambda b: b.polls == 1 and (_ for _ in ()).throw(SystemExit))
+    first = FakeBackend(on_poll=lambda b: len(b.launched) == 2 and
+                        (_ for _ in ()).throw(SystemExit))
     sweep = make_sweep(first, {"learning_rate": ["0.01", "0.02", "0.03"]})
-    with pytest.raises(SystemExit):  # the driver dies abruptly mid-sweep
+    with pytest.raises(SystemExit):  # the driver dies abruptly with its first wave running
         sweep.run()
     mlflow.end_run()
     _expire_lease(store, sweep)
@@ -707,3 +708,26 @@ def test_a_slow_ask_of_an_adaptive_search_never_holds_up_the_polls(store):
     assert sweep.run() == EXIT_OK
     assert polled_while_asking and min(polled_while_asking) >= 2
     assert len(sweep.trials) == 3 and len({t.params["learning_rate"] for t in sweep.trials}) == 3
+
+
+def test_a_slow_run_creation_never_holds_up_the_polls(store):
+    """New trials' runs are created beside the loop: while the second trial's creation is held,
+    the loop goes on polling the first (created inline, the polls would wait for it and the
+    guard would break), and launches the second once its run exists."""
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
+    create_run, polled_while_creating = sweep.tracking.create_run, []
+
+    def slow_second_creation(*args):
+        if args[1].endswith("trial-02"):
+            polls = backend.polls
+            deadline = time.monotonic() + 60  # a hang guard, not a speed figure
+            while backend.polls < polls + 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            polled_while_creating.append(backend.polls - polls)
+        return create_run(*args)
+
+    sweep.tracking.create_run = slow_second_creation
+    assert sweep.run() == EXIT_OK
+    assert polled_while_creating == [2]
+    assert len(backend.launched) == 3 and {t.state for t in sweep.trials} == {TrialState.FINISHED}

@@ -66,6 +66,7 @@ def test_a_sweep_of_simulated_trials_logs_every_epoch_once_and_finishes(store, b
             assert [m.timestamp for m in history] == sorted(m.timestamp for m in history)
         assert run.info.end_time >= max(m.timestamp for m in store.get_metric_history(
             run.info.run_id, "val_accuracy"))
+        assert run.data.tags[ADOPT_TAG].endswith(" 1.5 3")  # written by the trial, for adoption
     if not simulated.failed_requests:  # (sqlite may say "locked": that epoch is sent again)
         assert simulated.requests == 6 * (3 + 1)  # a log per epoch, the end
     # The trial's epochs ran by the clock: the slots were refilled as trials ended.

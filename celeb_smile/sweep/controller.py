@@ -2,7 +2,12 @@
 Kubernetes Jobs), at most `max_parallel` at once, and carries out what the policy decides.
 
     observe the trials in flight -> end those that ended, ask the policy what to stop and
-    whether the sweep is done -> submit new trials while there is room -> wait for the next poll
+    whether the sweep is done -> submit new trials while there is room -> wait for the next poll,
+    launching each new trial as soon as its run exists
+
+Submitting never holds up a poll: the runs of new trials are created on threads beside the
+loop, and the loop launches each trial (this thread only: no Job is ever created behind a
+second Ctrl-C's clean-up) when its run is created.
 
 MLflow is the sweep's only state (record.py): a controller that starts again, on the same
 machine or in a pod, adopts the trials still in flight, takes the others' outcomes from their
@@ -15,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future
 
 from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, DISRUPTIONS_TAG, ERROR_TAG,
                                    EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED,
@@ -75,7 +81,9 @@ class SweepController:
         # next controller: the lease is released and the trials keep running.
         self.hand_over_on_sigterm = hand_over_on_sigterm
         self.handing_over = threading.Event()
-        self._wakeup = threading.Event()  # ends the wait for the next poll
+        self._wakeup = threading.Event()  # ends the wait for the next poll, or launches
+        self._creating: list[tuple[Trial, Future]] = []  # trials whose runs are being created
+        self._creation_turns = threading.Semaphore(RUN_CREATIONS_AT_ONCE)
         self.lease_wait_s = lease_wait_s  # how long to wait for another holder's lease
         self.trial_user: str | None = None  # the sweep's trial user, while the sweep runs
         self.cancelled_by = ""  # who asked for the sweep's end (driver.py --cancel)
@@ -278,17 +286,29 @@ class SweepController:
             self.recorder.check()
             self._rewrite_note_now_and_then()
             if not any(t.state.in_flight or t.state == S.PAUSED for t in self.trials) and \
-                    not self.suggester.asking:
+                    not self.suggester.asking and not self._creating:
                 break
             self._keep_lease()
             self.progress.refresh()
-            self._wakeup.wait(self._until_next_poll(time.monotonic() - polled))
+            self._launch_until_next_poll(polled)
             if self.handing_over.is_set():
+                self._settle_creations()  # launched: the next controller adopts them
                 return
+        self._settle_creations()
         if self.interrupted.is_set():
             reason = f"sweep cancelled by {self.cancelled_by}" if self.cancelled_by else \
                 "sweep interrupted"
             self._cancel_in_flight(reason, S.KILLED)
+
+    def _launch_until_next_poll(self, polled: float) -> None:
+        """Wait for the next poll, launching each trial as soon as its run is created."""
+        while not (self.interrupted.is_set() or self.handing_over.is_set()):
+            left = self._until_next_poll(time.monotonic() - polled)
+            if left <= 0:
+                return
+            self._wakeup.wait(left)
+            self._wakeup.clear()  # the flags above say whether a signal set it
+            self._launch_created()
 
     def _poll_interval(self) -> float:
         """Seconds from one poll's start to the next: `poll_seconds`, shorter while a trial has
@@ -540,9 +560,12 @@ class SweepController:
                 [t.handle for t in in_flight]), patience=60)
         except Unavailable as cancel_error:
             self.console.print(f"[red]could not cancel the trials: {cancel_error}[/]")
-        for trial in in_flight:
+        being_created = [trial for trial, _ in self._creating]  # never launched
+        self._creating.clear()
+        for trial in in_flight + being_created:
             trial.state, trial.reason, trial.ended = S.FAILED, self.lost, time.monotonic()
-            self._unrecorded[trial.index] = ({}, "RUNNING", False, {})
+            if trial.run_id:
+                self._unrecorded[trial.index] = ({}, "RUNNING", False, {})
         self.tracking.stop = self.hard_stop
         self.recorder.discard_queued()  # this thread records them below
         self.recorder.drain()  # the write under way ends
@@ -558,17 +581,18 @@ class SweepController:
 
     # -- submission ------------------------------------------------------------------------------
     def _submit_while_room(self) -> None:
+        self._launch_created()
         if self.paused_by:
             return
         paused = [t for t in self.trials if t.state == S.PAUSED]
-        for trial in paused[:max(0, self.policy.room(self.trials))]:
+        for trial in paused[:max(0, self._room())]:
             self._relaunch_paused(trial)
         while not self._submissions_closed():
-            room = self.policy.room(self.trials)
+            room = self._room()
             self.suggester.prepare(self.trials + self.warm, room)
             batch: list[Trial] = []
             while len(batch) < room:
-                trial = self._next_trial(batch)
+                trial = self._next_trial(batch + [t for t, _ in self._creating])
                 if trial is None:
                     break
                 if trial.state == S.PENDING:
@@ -577,7 +601,11 @@ class SweepController:
             self.suggester.prepare(self.trials + self.warm, max(1, room - len(batch)))
             if not batch:
                 return
-            self._submit(batch)
+            self._create_runs(batch)
+
+    def _room(self) -> int:
+        """Slots free: neither in flight nor taken by a trial whose run is being created."""
+        return self.policy.room(self.trials) - len(self._creating)
 
     def _next_trial(self, chosen: list[Trial]) -> Trial | None:
         """A trial to run again (failed or interrupted before), else the search's next one;
@@ -585,8 +613,8 @@ class SweepController:
         pending = [t for t in self.trials if t.state == S.PENDING and t not in chosen]
         if pending:
             return pending[0]
-        # Nothing in flight, nothing to poll: then waiting for the ask delays nothing.
-        idle = not any(t.state.in_flight for t in self.trials)
+        # Nothing in flight, nothing to poll or launch: then waiting for the ask delays nothing.
+        idle = not any(t.state.in_flight for t in self.trials) and not self._creating
         params = self.suggester.take(self.trials + self.warm, wait=idle)
         if params is None:
             return None
@@ -602,29 +630,44 @@ class SweepController:
             self.progress.event(trial, "SKIPPED: " + trial.reason)
         return trial
 
-    def _submit(self, trials: list[Trial]) -> None:
-        """Create the trials' runs on threads, RUN_CREATIONS_AT_ONCE at a time, and launch each
-        from this thread once its run exists: a wave of P trials neither waits for P
-        submissions in a row nor piles P creations onto the server; no Job is ever created
-        behind a second Ctrl-C's clean-up, and no run once the sweep is interrupted."""
-        turns = threading.Semaphore(RUN_CREATIONS_AT_ONCE)
-        creating = [(trial, beside(lambda t=trial: self._create_run_in_turn(t, turns),
-                                   f"sweep-{trial.name}")) for trial in trials]
-        for trial, created in creating:
-            try:
-                created.result()
-            except Unavailable as error:
-                self._end(trial, S.FAILED, f"submission failed: {error}")
-                continue
-            if self.interrupted.is_set():
-                self._end(trial, S.KILLED, "sweep interrupted before its Job was created")
-                continue
-            self._launch(trial)
+    def _create_runs(self, trials: list[Trial]) -> None:
+        """Start creating the trials' runs on threads, RUN_CREATIONS_AT_ONCE at a time (a wave
+        of P trials neither waits for P creations in a row nor piles P onto the server; no run
+        once the sweep is interrupted). Each created run wakes the loop to launch its trial."""
+        for trial in trials:
+            created = beside(lambda t=trial: self._create_run_in_turn(t), f"sweep-{trial.name}")
+            self._creating.append((trial, created))
+            created.add_done_callback(lambda _: self._wakeup.set())
 
-    def _create_run_in_turn(self, trial: Trial, turns: threading.Semaphore) -> None:
-        with turns:
+    def _create_run_in_turn(self, trial: Trial) -> None:
+        with self._creation_turns:
             if not self.interrupted.is_set():
                 self._create_run(trial)
+
+    def _launch_created(self) -> None:
+        """Launch the trials whose runs have been created, in the order they were chosen (a
+        trial never starts before one suggested ahead of it)."""
+        while self._creating and self._creating[0][1].done():
+            self._launch_or_end(*self._creating.pop(0))
+
+    def _settle_creations(self) -> None:
+        """As the loop ends: wait for the runs still being created and launch their trials
+        (or, interrupted, end them)."""
+        while self._creating:
+            trial, created = self._creating.pop(0)
+            created.exception()  # waits
+            self._launch_or_end(trial, created)
+
+    def _launch_or_end(self, trial: Trial, created: Future) -> None:
+        try:
+            created.result()
+        except Unavailable as error:
+            self._end(trial, S.FAILED, f"submission failed: {error}")
+            return
+        if self.interrupted.is_set():
+            self._end(trial, S.KILLED, "sweep interrupted before its Job was created")
+            return
+        self._launch(trial)
 
     def _create_run(self, trial: Trial) -> None:
         trial.started, trial.ended = time.monotonic(), None

@@ -13,7 +13,10 @@ the other parameters (seed among them) a small offset.
 trial's logging (a log under way completes first) and it counts as ended (KILLED). Adoption:
 the run's tag records when the trial started and its length, so a new driver's backend resumes
 its clock; epochs due meanwhile are logged at once with their scheduled timestamps (the store
-keeps an identical point once, so an epoch the old driver had logged is not doubled).
+keeps an identical point once, so an epoch the old driver had logged is not doubled). The trial
+writes that tag itself, with its first epoch, as a pod writes what it logs: like the Kubernetes
+backend's, a launch costs the controller no request of its own (a driver restarted before a
+trial's first epoch finds no tag, and that trial fails as "not found again").
 """
 
 import heapq
@@ -25,7 +28,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric
+from mlflow.entities import Metric, RunTag
 
 from celeb_smile.constants import TrialState
 from celeb_smile.sweep.backends import Observation
@@ -95,7 +98,11 @@ class SimulatedBackend:
         return handle
 
     def launched_tags(self, handle: SimulatedTrial) -> dict[str, str]:
-        return {ADOPT_TAG: f"{handle.started_at:.3f} {handle.duration} {handle.epochs}"}
+        return {}  # the trial writes its ADOPT_TAG itself (_next_epoch)
+
+    @staticmethod
+    def adopt_tag(handle: SimulatedTrial) -> RunTag:
+        return RunTag(ADOPT_TAG, f"{handle.started_at:.3f} {handle.duration} {handle.epochs}")
 
     def adopt(self, trial, run) -> SimulatedTrial | None:
         try:
@@ -199,7 +206,8 @@ class SimulatedBackend:
                 client.log_batch(handle.run_id, metrics=[
                     Metric(name, value, round(due * 1000), epoch - 1)
                     for name, value in epoch_metrics(handle.params, epoch,
-                                                     handle.epochs).items()])
+                                                     handle.epochs).items()],
+                    tags=[self.adopt_tag(handle)] if epoch == 1 else [])
                 if epoch == handle.epochs:
                     self._count_request()
                     client.set_terminated(handle.run_id, "FINISHED", end_time=round(due * 1000))
