@@ -51,12 +51,13 @@ WITHIN = 0.005
 SPACE = {"learning_rate": {"loguniform": [0.00001, 1.0]},
          "convolutions": {"randint": [0, 3]},
          "batch_size": {"choice": [16, 32, 64]}}
-SHIPPED = yaml.safe_load((PROJECT_DIR / "sweeps" / "tpe-asha.yaml").read_text())
+ASHA_FILE, HYPERBAND_FILE = (yaml.safe_load((PROJECT_DIR / "sweeps" / name).read_text())
+                             for name in ("tpe-asha.yaml", "tpe-hyperband.yaml"))
 CONFIGS = {  # the driver's configurations: name -> what differs from random search
     "random": {"search": "random"},
-    "tpe_asha": {"search": SHIPPED["search"], "early_stopping": SHIPPED["early_stopping"]},
-    "tpe_hyperband": {"search": SHIPPED["search"],
-                      "early_stopping": {**SHIPPED["early_stopping"], "rule": "hyperband"}},
+    "tpe_asha": {"search": ASHA_FILE["search"], "early_stopping": ASHA_FILE["early_stopping"]},
+    "tpe_hyperband": {"search": HYPERBAND_FILE["search"],
+                      "early_stopping": HYPERBAND_FILE["early_stopping"]},
     "tpe_median": {"search": "tpe",
                    "early_stopping": {"rule": "median", "start_step": 3,
                                       "min_trials_required": 3}},

@@ -11,7 +11,7 @@ sweeps' sizes and figures are search_efficiency.py's (same flags and defaults). 
 `--draws N` repeats each seed N times, for a spread instead of one answer.
 
     .venv/bin/python benchmarks/search_replay.py --pool DIR --seeds 0-19 --draws 3 --jitter 0.5 \\
-        --asha 3,3,val_accuracy --asha 3,3,val_loss
+        --asha 3,3,val_accuracy --asha 3,3,val_loss --hyperband 3,3,val_loss
 """
 
 import argparse
@@ -133,10 +133,11 @@ def epochs_vs_random(adaptive: list, random_sweep: list) -> float:
     return epochs_to_reach(adaptive, target) / len(random_sweep)
 
 
-def asha(text: str) -> tuple[str, dict]:
+def rule_setting(rule: str, text: str) -> tuple[str, dict]:
+    """("asha" or "hyperband", "GRACE,FACTOR,METRIC") -> (a name, a TPE sweep's settings)."""
     grace, factor, metric = text.split(",")
-    return f"asha_{grace}_{factor}_{metric}", {
-        "search": "tpe", "early_stopping": {"rule": "asha", "grace_period": int(grace),
+    return f"{rule}_{grace}_{factor}_{metric}", {
+        "search": "tpe", "early_stopping": {"rule": rule, "grace_period": int(grace),
                                             "reduction_factor": int(factor), "metric": metric}}
 
 
@@ -157,11 +158,15 @@ def main() -> None:
     parser.add_argument("--asha", action="append", metavar="GRACE,FACTOR,METRIC",
                         help="a TPE + ASHA setting to replay (repeatable); "
                              "default 3,3,val_accuracy and 3,3,val_loss")
+    parser.add_argument("--hyperband", action="append", metavar="GRACE,FACTOR,METRIC",
+                        help="a TPE + Hyperband setting to replay (repeatable)")
     add_size_arguments(parser)
     args = parser.parse_args()
     replay = Replay(load_pool(Path(args.pool), args.epochs), args.jitter, args)
     print(f"pool_trials: {len(replay.pool)}")
-    settings = dict(asha(a) for a in args.asha or ["3,3,val_accuracy", "3,3,val_loss"])
+    settings = dict(rule_setting("asha", a) for a in args.asha or
+                    ([] if args.hyperband else ["3,3,val_accuracy", "3,3,val_loss"]))
+    settings.update(rule_setting("hyperband", h) for h in args.hyperband or [])
     ratios: dict[str, list[float]] = {name: [] for name in settings}
     for seed in seeds(args.seeds):
         for draw in range(args.draws):
