@@ -3,7 +3,8 @@ Kubernetes Jobs), at most `max_parallel` at once, and carries out what the polic
 
     observe the trials in flight -> end those that ended, ask the policy what to stop and
     whether the sweep is done -> submit new trials while there is room -> wait for the next poll,
-    launching each new trial as soon as its run exists
+    launching each new trial as soon as its run exists (and filling a free slot as soon as the
+    search's suggestion for it is ready)
 
 Submitting never holds up a poll: the runs of new trials are created on threads beside the
 loop, and the loop launches each trial (this thread only: no Job is ever created behind a
@@ -93,7 +94,8 @@ class SweepController:
         self.client = self.tracking.client
         self.record = SweepRecord(self.tracking, spec, code_version or current_code_version())
         self.policy = Policy(spec)
-        self.suggester = Suggester(self.policy, beside_the_loop=spec.strategy() in ADAPTIVE)
+        self.suggester = Suggester(self.policy, beside_the_loop=spec.strategy() in ADAPTIVE,
+                                   on_ready=self._wakeup.set)
         self.trials: list[Trial] = []
         self.warm: list[Trial] = []  # earlier sweeps' runs that seed an adaptive search
         self.status = None  # the parent's final status
@@ -290,7 +292,7 @@ class SweepController:
                 break
             self._keep_lease()
             self.progress.refresh()
-            self._launch_until_next_poll(polled)
+            self._submit_until_next_poll(polled)
             if self.handing_over.is_set():
                 self._settle_creations()  # launched: the next controller adopts them
                 return
@@ -300,15 +302,16 @@ class SweepController:
                 "sweep interrupted"
             self._cancel_in_flight(reason, S.KILLED)
 
-    def _launch_until_next_poll(self, polled: float) -> None:
-        """Wait for the next poll, launching each trial as soon as its run is created."""
+    def _submit_until_next_poll(self, polled: float) -> None:
+        """Wait for the next poll, launching each trial as soon as its run is created and
+        filling a free slot as soon as a suggestion for it is ready."""
         while not (self.interrupted.is_set() or self.handing_over.is_set()):
             left = self._until_next_poll(time.monotonic() - polled)
             if left <= 0:
                 return
             self._wakeup.wait(left)
             self._wakeup.clear()  # the flags above say whether a signal set it
-            self._launch_created()
+            self._submit_while_room()
 
     def _poll_interval(self) -> float:
         """Seconds from one poll's start to the next: `poll_seconds`, shorter while a trial has

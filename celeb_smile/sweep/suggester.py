@@ -6,7 +6,8 @@ The controller takes what is ready (`take`) and, once it has added the trials it
 for the next ones to be prepared (`prepare`) from everything it knows then: the suggestions
 still waiting to be taken count as running trials, so Optuna's constant liar keeps new asks
 away from them, as it does from the trials in flight. While nothing is in flight there is
-nothing to poll, and the controller waits for the ask (`take(wait=True)`).
+nothing to poll, and the controller waits for the ask (`take(wait=True)`). An ask that ends
+calls `on_ready`: the controller, waiting for its next poll, fills a free slot at once.
 """
 
 import copy
@@ -19,9 +20,10 @@ from celeb_smile.sweep.trial import Trial
 
 
 class Suggester:
-    def __init__(self, policy: Policy, beside_the_loop: bool):
+    def __init__(self, policy: Policy, beside_the_loop: bool, on_ready=lambda: None):
         self.policy = policy
         self.beside_the_loop = beside_the_loop  # an adaptive search's ask, else inline
+        self.on_ready = on_ready  # called (on the ask's thread) when an ask has ended
         self._ready: list[dict[str, str]] = []
         self._asking: Future | None = None
         self._exhausted = False
@@ -53,6 +55,7 @@ class Suggester:
             Trial(0, dict(params), state=TrialState.PENDING) for params in self._ready]
         self._asking = beside(lambda: self.policy.search.get_suggestions(snapshot, missing),
                               "sweep-suggest")
+        self._asking.add_done_callback(lambda _: self.on_ready())
 
     def _collect(self) -> None:
         suggestions = self._asking.result()  # raises, in the loop's thread, what the ask did
