@@ -12,6 +12,11 @@ Figures (`sweep:` first: its exit code, or where it crashed):
                                   sweep needed / P: all E epochs of a trial that finished, up to
                                   its deciding rung for one ASHA stopped (without stopping:
                                   N * duration / P, also printed as n_duration_over_p_s)
+  wall_vs_zero_overhead           sweep wall time / the same trials list-scheduled on P slots
+                                  with no overhead (zero_overhead_s): the controller's own cost,
+                                  without the last wave's uneven ends that wall_vs_ideal counts
+  empty_slots_wave/_steady/_tail  slot-seconds no trial held, as shares of wall x P: until the
+                                  P-th launch, until the last launch, after it
   poll_s_p50/p95_first100, _last100   duration of each poll (observe + the tracking reads),
                                   over the polls made while the first 100 (the last 100) trials
                                   were in flight or ending (fewer when N < 200: window_trials)
@@ -42,6 +47,7 @@ absent); starts a throwaway cluster and the server on loopback ports and stops b
 import argparse
 import collections
 import contextlib
+import heapq
 import json
 import logging
 import os
@@ -298,6 +304,9 @@ def figures(sweep, backend, args, wall, cpu, asks, requests, stats, rss_before,
         "ideal_s": round(ideal, 1),
         "n_duration_over_p_s": round(n * args.duration / parallel, 1),
         "wall_vs_ideal": round(wall / ideal, 3),
+        "zero_overhead_s": round(zero_overhead_wall(needed, parallel), 1),
+        "wall_vs_zero_overhead": round(wall / zero_overhead_wall(needed, parallel), 3),
+        **empty_slot_shares(began, submitted, ended, parallel),
         "startup_s": round(submitted[0] - began, 1),
         "first_wave_s": round(submitted[min(parallel, len(submitted)) - 1] - began, 1),
         "tail_s": round(finished_at - max(ended), 1),
@@ -342,6 +351,33 @@ def figures(sweep, backend, args, wall, cpu, asks, requests, stats, rss_before,
     for endpoint, count in requests.most_common(10):
         out[f"requests_per_trial[{endpoint}]"] = round(count / n, 2)
     return out
+
+
+def zero_overhead_wall(needed: list[float], parallel: int) -> float:
+    """The same trials in the same order on P slots with no overhead at all, each started the
+    moment a slot frees (list scheduling): the floor of the sweep's wall time. Above the ideal
+    (sum / P) by the last wave's uneven ends, which no controller removes."""
+    slots = [0.0] * parallel
+    for seconds in needed:
+        heapq.heappush(slots, heapq.heappop(slots) + seconds)
+    return max(slots)
+
+
+def empty_slot_shares(began: float, submitted: list[float], ended: list[float],
+                      parallel: int) -> dict:
+    """Slot-seconds no trial held, as shares of wall x P: before the P-th launch (the first
+    wave), from then to the last launch (steady: a freed slot waiting to be refilled), after
+    the last launch (the tail: the last trials end one by one)."""
+    events = sorted([(t, 1) for t in submitted] + [(t, -1) for t in ended])
+    wave_end, last_launch = sorted(submitted)[min(parallel, len(submitted)) - 1], max(submitted)
+    empty = {"wave": 0.0, "steady": 0.0, "tail": 0.0}
+    in_flight, before = 0, began
+    for at, change in events:
+        phase = "wave" if before < wave_end else "steady" if before < last_launch else "tail"
+        empty[phase] += (at - before) * (parallel - in_flight)
+        in_flight, before = in_flight + change, at
+    total = (before - began) * parallel
+    return {f"empty_slots_{phase}": round(value / total, 3) for phase, value in empty.items()}
 
 
 def poll_lateness(polls: list[dict]) -> list[float]:
