@@ -258,7 +258,8 @@ def test_a_round_creates_its_runs_a_few_at_a_time_and_launches_every_trial_once(
 
 def test_a_round_interrupted_while_its_runs_are_created_creates_no_more(store):
     """Ctrl-C during the first creation of a 10-trial wave: the creations already under way
-    end (their runs KILLED), the rest never get a run, and nothing launches."""
+    end (their runs KILLED), the rest never get a run (nor, unless chosen already, a trial),
+    and nothing launches."""
     backend = FakeBackend()
     sweep = make_sweep(backend, {"learning_rate": [f"0.0{i:02d}" for i in range(1, 11)]},
                        max_parallel=10)
@@ -274,7 +275,7 @@ def test_a_round_interrupted_while_its_runs_are_created_creates_no_more(store):
     runs = trial_runs(store)
     assert 1 <= len(runs) <= RUN_CREATIONS_AT_ONCE
     assert {r.info.status for r in runs} == {"KILLED"}
-    assert len(sweep.trials) == 10 and {t.state for t in sweep.trials} == {TrialState.KILLED}
+    assert {t.state for t in sweep.trials} == {TrialState.KILLED}  # those chosen so far
     assert {t.reason for t in sweep.trials} == {"sweep interrupted before its Job was created"}
 
 
@@ -731,3 +732,31 @@ def test_a_slow_run_creation_never_holds_up_the_polls(store):
     assert sweep.run() == EXIT_OK
     assert polled_while_creating == [2]
     assert len(backend.launched) == 3 and {t.state for t in sweep.trials} == {TrialState.FINISHED}
+
+
+def test_a_first_wave_starts_creating_runs_before_the_search_has_answered_for_all_of_it(store):
+    """An adaptive search asked for a wave of 8: any ask reaching beyond the first
+    RUN_CREATIONS_AT_ONCE suggestions is held until a run is being created (one ask for the
+    whole wave would wait for creations that wait for it, and the guard would break)."""
+    spec = SweepSpec(experiment="unit", params={"epochs": "2"}, search="tpe", seed=1,
+                     random_space={"learning_rate": {"loguniform": [0.001, 0.05]}},
+                     max_trials=8, max_parallel=8)
+    backend = FakeBackend()
+    sweep = SweepController(spec, backend, Console(file=io.StringIO()), poll_seconds=0,
+                            tracking_uri=mlflow.get_tracking_uri())
+    ask, create_run = sweep.policy.search.get_suggestions, sweep.tracking.create_run
+    creating, overlapped = threading.Event(), []
+
+    def held_ask(known, n):
+        if len(known) + n > RUN_CREATIONS_AT_ONCE:
+            overlapped.append(creating.wait(timeout=30))  # a hang guard
+        return ask(known, n)
+
+    def create(*args):
+        creating.set()
+        return create_run(*args)
+
+    sweep.policy.search.get_suggestions, sweep.tracking.create_run = held_ask, create
+    assert sweep.run() == EXIT_OK
+    assert overlapped and all(overlapped)
+    assert len(backend.launched) == 8

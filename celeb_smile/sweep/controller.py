@@ -592,16 +592,19 @@ class SweepController:
             self._relaunch_paused(trial)
         while not self._submissions_closed():
             room = self._room()
-            self.suggester.prepare(self.trials + self.warm, room)
+            # A few at a time: the first runs are being created while the next are asked for.
+            wanted = min(room, RUN_CREATIONS_AT_ONCE)
+            self.suggester.prepare(self.trials + self.warm, wanted)
             batch: list[Trial] = []
-            while len(batch) < room:
+            while len(batch) < wanted:
                 trial = self._next_trial(batch + [t for t, _ in self._creating])
                 if trial is None:
                     break
                 if trial.state == S.PENDING:
                     batch.append(trial)
             # The next suggestions, prepared while the loop polls (the next slot to free).
-            self.suggester.prepare(self.trials + self.warm, max(1, room - len(batch)))
+            self.suggester.prepare(self.trials + self.warm,
+                                   min(max(1, room - len(batch)), RUN_CREATIONS_AT_ONCE))
             if not batch:
                 return
             self._create_runs(batch)
