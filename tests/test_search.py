@@ -7,7 +7,7 @@ import statistics
 import pytest
 
 from celeb_smile.constants import TrialState
-from celeb_smile.sweep.search import TPESearch, make_search
+from celeb_smile.sweep.search import TPESearch, make_search, use_scipy_log_ndtr
 from celeb_smile.sweep.spec import SweepSpec
 from celeb_smile.sweep.trial import Trial
 
@@ -216,3 +216,15 @@ def test_tpe_goes_on_with_unseen_points_when_it_keeps_proposing_tried_ones():
                             metrics={"val_accuracy": -abs(value - 0.00105)}))
     spelled = {t.params["learning_rate"] for t in trials}
     assert len(spelled) == len(trials) == 11  # 0.001, 0.00101, ..., 0.0011: all of them
+
+
+def test_tpe_computes_log_phi_with_scipy_which_agrees_with_optunas_own():
+    """The pinned Optuna still has the function replaced, and SciPy's values are its values
+    (Optuna's scalar function is what its own vectorised one applies element by element)."""
+    import numpy as np
+    from optuna.samplers._tpe import _truncnorm
+
+    assert use_scipy_log_ndtr()
+    x = np.concatenate([np.linspace(-40, 40, 20001), [-1000.0, -20.0001, 6.0001, 38.5]])
+    optunas = np.frompyfunc(_truncnorm._log_ndtr_single, 1, 1)(x).astype(float)
+    assert np.allclose(_truncnorm._log_ndtr(x), optunas, rtol=1e-7, atol=1e-12)

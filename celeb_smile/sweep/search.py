@@ -63,6 +63,22 @@ class ListSearch:
         return fresh[:max(n, 0)]
 
 
+def use_scipy_log_ndtr() -> bool:
+    """Optuna's TPE (5.0, which dropped SciPy) computes log Phi element by element in Python:
+    `_truncnorm._log_ndtr` is a np.frompyfunc of a scalar function, ~85 % of an ask's CPU at
+    600 trials (benchmarks/tpe_ask.py; optuna#5478 discusses it). SciPy's `special.log_ndtr` is
+    the same function vectorised in C (within 4e-13 of Optuna's: tests/test_search.py); with it
+    an ask takes a ninth of the CPU. True once in use; False, leaving Optuna's, if a later
+    Optuna no longer has the function (Optuna is pinned: the test says when that changes)."""
+    from optuna.samplers._tpe import _truncnorm
+    from scipy.special import log_ndtr
+
+    if not hasattr(_truncnorm, "_log_ndtr"):
+        return False
+    _truncnorm._log_ndtr = log_ndtr
+    return True
+
+
 class TPESearch:
     name = "tpe"
 
@@ -139,6 +155,7 @@ class TPESearch:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        use_scipy_log_ndtr()
         sampler = optuna.samplers.TPESampler(
             multivariate=True, constant_liar=True, n_startup_trials=self.startup_trials(),
             seed=(self.spec.seed * 1_000_003 + salt) % 2**32)
