@@ -173,7 +173,7 @@ def test_a_deleted_job_fails_its_trial_within_one_poll(store):
         if backend.polls == 2:
             backend.launched[0].deleted = True
 
-    backend = FakeBackend(on_poll=delete_first_job)
+    backend = FakeBackend(on_poll=delete_first_job, gang=2)
     sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]})
     assert sweep.run() == EXIT_TRIAL_FAILED
     deleted = next(t for t in sweep.trials if t.run_id == backend.launched[0].run_id)
@@ -187,7 +187,7 @@ def test_interrupting_cancels_the_trials_in_flight_and_kills_their_runs(store):
         if backend.polls == 2:
             sweep.interrupted.set()
 
-    backend = FakeBackend(on_poll=interrupt)
+    backend = FakeBackend(on_poll=interrupt, gang=2)
     sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
     assert sweep.run() == EXIT_INTERRUPTED
     assert all(h.cancelled for h in backend.launched)
@@ -345,7 +345,7 @@ def test_an_outage_longer_than_the_limit_fails_the_trials_and_cancels_them(store
         if backend.polls > 2:
             raise ConnectionError("connection refused")
 
-    backend = FakeBackend(on_poll=cluster_gone)
+    backend = FakeBackend(on_poll=cluster_gone, gang=2)
     sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]}, outage_seconds=1)
     assert sweep.run() == EXIT_TRIAL_FAILED
     assert all(h.cancelled for h in backend.launched)
@@ -473,7 +473,7 @@ def test_a_second_interruption_quits_at_once_deleting_the_jobs_and_leaving_runs_
             sweep._on_signal(signal.SIGINT, None)  # the first: cancel what is in flight...
             sweep._on_signal(signal.SIGINT, None)  # ...the second, before that is done
 
-    backend = FakeBackend(on_poll=interrupt_twice)
+    backend = FakeBackend(on_poll=interrupt_twice, gang=2)
     sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
     assert sweep.run() == EXIT_INTERRUPTED
     assert len(backend.launched) == 2 and all(h.cancelled for h in backend.launched)
@@ -520,7 +520,7 @@ def test_a_cancel_request_on_the_parent_run_cancels_the_trials_and_says_who(stor
         if backend.polls == 2:
             store.set_tag(sweep.record.parent_id, CANCEL_TAG, "alice@laptop")
 
-    backend = FakeBackend(on_poll=cancel_from_elsewhere)
+    backend = FakeBackend(on_poll=cancel_from_elsewhere, gang=2)
     sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
     assert sweep.run() == EXIT_INTERRUPTED
     assert len(backend.launched) == 2 and all(h.cancelled for h in backend.launched)
@@ -552,7 +552,7 @@ def test_sigterm_in_a_pod_hands_the_sweep_over_and_the_next_controller_adopts_it
             sweep._on_signal(signal.SIGTERM, None)
 
     grid = {"learning_rate": ["0.01", "0.02", "0.03"]}
-    first = FakeBackend(on_poll=pod_deleted)
+    first = FakeBackend(on_poll=pod_deleted, gang=2)
     sweep = make_sweep(first, grid, hand_over_on_sigterm=True)
     assert sweep.run() == EXIT_TERMINATED
     assert len(first.launched) == 2 and not any(h.cancelled for h in first.launched)
@@ -572,7 +572,7 @@ def test_a_disrupted_trial_goes_on_in_a_new_job_for_the_same_run(store):
         if backend.polls == 2:
             backend.launched[0].evicted = True
 
-    backend = FakeBackend(on_poll=evict_the_first_once)
+    backend = FakeBackend(on_poll=evict_the_first_once, gang=2)
     sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]})
     assert sweep.run() == EXIT_OK
     first = sweep.trials[0]
@@ -619,7 +619,7 @@ def test_a_pause_stops_the_trials_at_their_checkpoints_and_a_resume_goes_on(stor
                 store.delete_tag(sweep.record.parent_id, PAUSE_TAG)
         return snapshots(run_ids)
 
-    backend = FakeBackend(on_poll=pause_from_elsewhere)
+    backend = FakeBackend(on_poll=pause_from_elsewhere, gang=2)
     sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02", "0.03"]})
     snapshots = sweep.record.snapshots
     sweep.record.snapshots = resume_after_a_while
@@ -647,7 +647,7 @@ def test_the_sweeps_own_command_lifts_a_pause_that_a_controller_taking_over_keep
         return snapshots(run_ids)
 
     grid = {"learning_rate": ["0.01", "0.02"]}
-    sweep = make_sweep(FakeBackend(on_poll=pause_from_elsewhere), grid)
+    sweep = make_sweep(FakeBackend(on_poll=pause_from_elsewhere, gang=2), grid)
     snapshots = sweep.record.snapshots
     sweep.record.snapshots = die_while_paused
     with pytest.raises(SystemExit):

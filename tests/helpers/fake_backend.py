@@ -6,7 +6,10 @@ and only the cluster is simulated. Parameters script the behaviour:
   convolutions=8 -> its "pod" is never scheduled (stays SCHEDULED, Unschedulable);
   convolutions=7 -> its Job waits in a queue (suspended) for QUEUED_POLLS polls first.
 A handle's `evicted` makes its next observation a disruption (its Job failed: relaunch); a
-relaunched trial goes on from the epochs its run has, as train.py does from its checkpoint."""
+relaunched trial goes on from the epochs its run has, as train.py does from its checkpoint.
+With `gang=N`, trials stay SCHEDULED until N have been launched, and `polls` counts from then:
+the controller launches each trial as soon as its run exists, so without it a test that acts
+"at the second poll" could meet a first wave still being launched."""
 
 from dataclasses import dataclass, field
 
@@ -55,6 +58,7 @@ class FakeBackend:
     on_poll: object = None  # called with the backend before each observation
     on_logs: object = None  # called with the backend and the handle before a log is read
     exit_polls: int = 0  # polls a trial still shows RUNNING after ending its run
+    gang: int = 0  # trials train once this many were launched; polls count from then
     launched: list = field(default_factory=list)
     polls: int = 0
     max_in_flight: int = 0
@@ -100,9 +104,11 @@ class FakeBackend:
             if run.data.tags.get(ADOPT_TAG) else None
 
     def observe(self, trials) -> dict:
-        self.polls += 1
         self.calls += 1
         self.max_in_flight = max(self.max_in_flight, len(trials))
+        if len(self.launched) < self.gang:
+            return {t.index: Observation(TrialState.SCHEDULED) for t in trials}
+        self.polls += 1
         if self.on_poll is not None:
             self.on_poll(self)
         return {t.index: self._step(t.handle) for t in trials}
