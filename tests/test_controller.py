@@ -636,6 +636,49 @@ def test_a_pause_stops_the_trials_at_their_checkpoints_and_a_resume_goes_on(stor
             [0, 1, 2]  # no epoch logged twice
 
 
+def test_a_trial_whose_run_is_created_during_a_pause_starts_only_on_the_resume(store):
+    """The pause is read while the second trial's run is being created: that trial is not
+    launched while the sweep is paused, and the resume starts it like the paused one."""
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]})
+    create_run, launch, launched_while_paused = sweep.tracking.create_run, backend.launch, []
+
+    def pause_during_the_second_creation(*args):
+        if args[1].endswith("trial-02"):
+            store.set_tag(sweep.record.parent_id, PAUSE_TAG, "alice@laptop")
+            deadline = time.monotonic() + 60  # a hang guard, not a speed figure
+            while not sweep.paused_by and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return create_run(*args)
+
+    def recorded_launch(trial, *args):
+        if sweep.paused_by:
+            launched_while_paused.append(trial.name)
+        return launch(trial, *args)
+
+    reads_while_paused = []
+
+    def resume_once_the_second_was_handled(run_ids):
+        if sweep.paused_by:
+            reads_while_paused.append(run_ids)
+            if len(reads_while_paused) >= 3 and len(sweep.trials) == 2 and \
+                    sweep.trials[1].state != TrialState.PENDING:  # its run created, dealt with
+                store.delete_tag(sweep.record.parent_id, PAUSE_TAG)
+        return snapshots(run_ids)
+
+    sweep.tracking.create_run = pause_during_the_second_creation
+    backend.launch = recorded_launch
+    snapshots = sweep.record.snapshots
+    sweep.record.snapshots = resume_once_the_second_was_handled
+    assert sweep.run() == EXIT_OK
+    assert launched_while_paused == [] and len(reads_while_paused) >= 3
+    assert [t.state for t in sweep.trials] == [TrialState.FINISHED] * 2
+    second = sweep.trials[1].run_id
+    assert [h.run_id for h in backend.launched].count(second) == 1  # started once, on resume
+    for run in trial_runs(store):
+        assert run.info.status == "FINISHED" and PAUSED_TAG not in run.data.tags
+
+
 def test_the_sweeps_own_command_lifts_a_pause_that_a_controller_taking_over_keeps(store):
     def pause_from_elsewhere(backend):
         if backend.polls == 2:

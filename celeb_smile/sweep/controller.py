@@ -673,6 +673,11 @@ class SweepController:
         if self.interrupted.is_set():
             self._end(trial, S.KILLED, "sweep interrupted before its Job was created")
             return
+        if self.paused_by:  # paused while its run was created: it starts on the resume
+            trial.state, trial.reason = S.PAUSED, f"paused by {self.paused_by}"
+            self.tracking.log_tags(trial.run_id, {PAUSED_TAG: "true"})
+            self.progress.event(trial, "PAUSED")
+            return
         self._launch(trial)
 
     def _create_run(self, trial: Trial) -> None:
