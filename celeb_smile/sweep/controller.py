@@ -463,9 +463,15 @@ class SweepController:
             except Unavailable as error:
                 self._end(trial, S.FAILED, f"could not be paused: {error}")
                 continue
-            trial.state, trial.reason, trial.handle = S.PAUSED, f"paused by {by}", None
-            self.tracking.log_tags(trial.run_id, {PAUSED_TAG: "true"})
-            self.progress.event(trial, "PAUSED")
+            trial.handle = None
+            self._mark_paused(trial)
+
+    def _mark_paused(self, trial: Trial) -> None:
+        """A trial stopped (or never started) by the pause: it is launched again on the
+        resume, from its run's last checkpoint."""
+        trial.state, trial.reason = S.PAUSED, f"paused by {self.paused_by}"
+        self.tracking.log_tags(trial.run_id, {PAUSED_TAG: "true"})
+        self.progress.event(trial, "PAUSED")
 
     def _relaunch_paused(self, trial: Trial) -> None:
         self.tracking.patient("resume a paused trial", lambda: self.client.delete_tag(
@@ -674,9 +680,7 @@ class SweepController:
             self._end(trial, S.KILLED, "sweep interrupted before its Job was created")
             return
         if self.paused_by:  # paused while its run was created: it starts on the resume
-            trial.state, trial.reason = S.PAUSED, f"paused by {self.paused_by}"
-            self.tracking.log_tags(trial.run_id, {PAUSED_TAG: "true"})
-            self.progress.event(trial, "PAUSED")
+            self._mark_paused(trial)
             return
         self._launch(trial)
 
