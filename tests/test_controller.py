@@ -406,6 +406,32 @@ def test_a_rule_judging_another_metric_reads_that_metric_from_the_runs(store):
     assert sweep.trials[0].watched["val_loss"] == [0.55, 0.4, 0.325]  # read to the end
 
 
+def test_a_poll_takes_one_new_epoch_from_its_read_of_the_runs_and_reads_further_ones(store):
+    """At 50 trials in flight nearly every trial is one epoch ahead of the last poll: that epoch
+    comes with the poll's one query of the runs. Trials two epochs ahead have their series
+    read (one request per series, for all of them)."""
+    def two_epochs_at_the_second_poll(backend):
+        if backend.polls == 2:
+            for handle in backend.launched:
+                backend._step(handle)  # an epoch more before this poll's own
+
+    median_on_loss = EarlyStopping("median", min_trials_required=5, metric="val_loss")
+    sweep = make_sweep(FakeBackend(on_poll=two_epochs_at_the_second_poll, gang=2),
+                       {"learning_rate": ["0.04", "0.01"]}, early_stopping=median_on_loss)
+    reads = []
+    read_histories = sweep.tracking.histories
+    sweep.tracking.histories = lambda run_ids, metric: (
+        reads.append((metric, len(run_ids))) or read_histories(run_ids, metric))
+    assert sweep.run() == EXIT_OK
+    assert reads == [("val_accuracy", 2), ("val_loss", 2)]  # the second poll's, only
+    for trial in sweep.trials:
+        for metric, series in (("val_accuracy", trial.history),
+                               ("val_loss", trial.watched["val_loss"])):
+            logged = store.get_metric_history(trial.run_id, metric)
+            assert series == [m.value for m in sorted(logged, key=lambda m: m.step)]
+            assert len(series) == 3
+
+
 def test_trial_names_identify_their_sweep(store):
     first = make_sweep(FakeBackend(), {"learning_rate": ["0.01", "0.02"]})
     second = make_sweep(FakeBackend(), {"learning_rate": ["0.03", "0.04"]})
