@@ -7,7 +7,7 @@ and epochs, for each seed:
   optuna_hyperband  Optuna's own study in-process: TPE as the driver configures it, Optuna's
                     HyperbandPruner with its defaults (benchmarks/optuna_study.py)
   tpe_hyperband     this driver's TPE with its Hyperband rule, as sweeps/tpe-hyperband.yaml (the
-                    shipped adaptive sweep) sets it: 3 brackets, first rungs at epochs 2, 4 and 8,
+                    other shipped adaptive sweep) sets it: 3 brackets, first rungs at epochs 2, 4 and 8,
                     the best half going on at each rung, judged on val_loss (the last bracket
                     stops nobody before epoch 8, protecting late bloomers); until 2026-12-02
                     tpe-asha.yaml's rung, factor and metric in 2 brackets
