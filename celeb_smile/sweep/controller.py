@@ -410,8 +410,9 @@ class SweepController:
             for watch in self.policy.series_kept():
                 behind = [t for t in trials if t.run_id in snapshots and
                           self._behind(t, snapshots[t.run_id], watch)]
-                self._read_series([t for t in behind if not self._take_next_epoch(
-                    t, snapshots[t.run_id], watch)], watch)
+                further = [t for t in behind
+                           if not self._take_next_epoch(t, snapshots[t.run_id], watch)]
+                self._read_series(further, watch)
             self._unreachable.pop("tracking server", None)
         except Unavailable as error:
             self._note_unreachable("tracking server", error)
@@ -489,8 +490,9 @@ class SweepController:
 
     def _take_next_epoch(self, trial: Trial, run, watch: str | None) -> bool:
         """When `run` (a RunSnapshot) logged exactly the next epoch of the series, its latest
-        value is that epoch's: append it, and the poll reads no history (at 50 trials in flight
-        nearly every trial read is one epoch ahead). False when it is further ahead."""
+        value is that epoch's: append it and say True, so the poll reads no history for it (at
+        50 trials in flight nearly every trial read is one epoch ahead). False when it is
+        further ahead."""
         metric = watch or self.spec.objective.metric
         series = trial.series(watch)
         if run.steps.get(metric) != len(series) or metric not in run.metrics:
