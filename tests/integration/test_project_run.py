@@ -216,8 +216,9 @@ def test_a_run_ended_by_the_driver_before_the_sigterm_is_left_as_the_driver_left
 
 
 # -- resuming a run from its checkpoint ---------------------------------------------------------
-# Epochs long enough (2.5-5 s on 2 cores) that the SIGTERM sent once epoch 2's checkpoint is on
-# the run (seen within 0.2-2 s) lands before epoch 3's is.
+# The SIGTERM is sent once epoch 2's checkpoint is on the run; on a loaded machine epoch 3's may
+# be there too by the time it lands (how soon is not this test's): the run resumes after
+# whichever checkpoint it has, and 4 epochs leave room for either.
 RESUMED_PARAMS = dict(LEARNING_PARAMS, epochs="4", training_samples="3000", convolutions="3")
 
 
@@ -260,11 +261,12 @@ def resumed_run(mlflow_server):
     return client, run_id, after_stop, train_on(mlflow_server, run_id, RESUMED_PARAMS)
 
 
-def test_a_run_stopped_after_epoch_2_resumes_at_epoch_3_and_logs_every_epoch_once(resumed_run):
+def test_a_stopped_run_resumes_after_its_last_checkpoint_and_logs_every_epoch_once(resumed_run):
     client, run_id, after_stop, resumed = resumed_run
-    assert after_stop.epochs_done == 2
+    assert after_stop.epochs_done in (2, 3)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed at epoch 3 from the checkpoint of run {run_id}\n" in resumed.stdout
+    assert f"resumed at epoch {after_stop.epochs_done + 1} from the checkpoint of run " \
+           f"{run_id}\n" in resumed.stdout
     assert client.get_run(run_id).info.status == "FINISHED"
     for metric in EPOCH_METRICS:
         assert sorted(m.step for m in client.get_metric_history(run_id, metric)) == \
