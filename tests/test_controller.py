@@ -21,7 +21,7 @@ from celeb_smile.constants import (ATTEMPT_TAG, CANCEL_TAG, CODE_VERSION_TAG, DI
                                    TRIAL_INDEX_TAG)
 from celeb_smile.constants import TrialState
 from celeb_smile.retry import Unavailable
-from celeb_smile.sweep.controller import RUN_CREATIONS_AT_ONCE, SweepController
+from celeb_smile.sweep.controller import END_POLL_GAP_S, RUN_CREATIONS_AT_ONCE, SweepController
 from celeb_smile.sweep.spec import EarlyStopping, SweepSpec
 from celeb_smile.sweep.tracking import RunSnapshot
 from celeb_smile.sweep.trial import Trial
@@ -114,6 +114,16 @@ def test_a_poll_taking_time_shortens_the_wait_for_the_next(store):
     sweep = make_sweep(FakeBackend(), {"learning_rate": ["0.01"]}, poll_seconds=3.0)
     assert sweep._until_next_poll(1.0) == 2.0
     assert sweep._until_next_poll(5.0) == 0.0
+
+
+def test_an_end_the_backend_reports_brings_the_next_poll_forward(store):
+    backend = FakeBackend()
+    sweep = make_sweep(backend, {"learning_rate": ["0.01"]}, poll_seconds=3.0)
+    assert sweep._until_next_poll(0.05) == pytest.approx(2.95)
+    backend.on_end()  # from the backend's thread, as a process exits
+    assert sweep._wakeup.is_set()
+    assert sweep._until_next_poll(0.05) == pytest.approx(END_POLL_GAP_S - 0.05)
+    assert sweep._until_next_poll(1.0) == 0.0
 
 
 def test_a_remote_backend_is_observed_while_the_runs_are_read(store):

@@ -3,6 +3,7 @@ whole sweep through the real controller, cancellation, adoption. No assertion on
 waits are hang guards, assertions are about order and content."""
 
 import io
+import threading
 import time
 
 import mlflow
@@ -73,6 +74,24 @@ def test_a_sweep_of_simulated_trials_logs_every_epoch_once_and_finishes(store, b
     starts = sorted(r.info.start_time for r in runs)
     ends = sorted(r.info.end_time for r in runs)
     assert starts[3] >= ends[0]
+
+
+def test_a_trial_ending_by_itself_has_the_controller_poll_at_once(store, backend):
+    """Polls an hour apart: the sweep ends only because each trial's end calls a poll (before,
+    it waited for the next interval)."""
+    simulated = backend(duration=0.6, epochs=2)
+    spec = SweepSpec(experiment="unit", params={"epochs": "2"},
+                     grid={"learning_rate": ["0.0001", "0.001", "0.01"]}, max_parallel=2)
+    sweep = SweepController(spec, simulated, Console(file=io.StringIO(), width=200),
+                            tracking_uri=mlflow.get_tracking_uri(), poll_seconds=3600)
+    guard = threading.Timer(120, sweep._interrupt)  # a hang guard: it guards an hour's wait
+    guard.start()
+    try:
+        assert sweep.run() == EXIT_OK
+    finally:
+        guard.cancel()
+    assert [t.state for t in sweep.trials] == [TrialState.FINISHED] * 3
+    assert [len(t.history) for t in sweep.trials] == [2] * 3  # every epoch read at the end
 
 
 def test_a_cancelled_trial_logs_nothing_more(store, backend):

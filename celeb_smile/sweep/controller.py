@@ -4,7 +4,8 @@ Kubernetes Jobs), at most `max_parallel` at once, and carries out what the polic
     observe the trials in flight -> end those that ended, ask the policy what to stop and
     whether the sweep is done -> submit new trials while there is room -> wait for the next poll,
     launching each new trial as soon as its run exists (and filling a free slot as soon as the
-    search's suggestion for it is ready)
+    search's suggestion for it is ready); a backend that learns of a trial's end as it happens
+    (a local process's exit) calls the poll at once
 
 Submitting never holds up a poll: the runs of new trials are created on threads beside the
 loop, and the loop launches each trial (this thread only: no Job is ever created behind a
@@ -49,6 +50,8 @@ LEASE_WAIT_POLL_S = 5  # how often a controller waiting for a lease reads it aga
 LAUNCH_PATIENCE_S = 120  # a submission is retried this long before its trial fails
 NOTE_EVERY_S = 30  # the parent's description is rewritten at most this often while trials run
 FINISHING_POLL_S = 0.5  # the poll interval while a trial is past its last epoch (ends soon)
+END_POLL_GAP_S = 0.1  # a reported end is polled for this long after the last poll at the soonest:
+# ends close together share one poll (at 50 in flight of 20-s trials, one ends every 0.4 s)
 MAX_DISRUPTIONS = 3  # lost pods or processes a trial resumes from before it fails
 # Runs of a round created at the same time (each: its run, then its tags and parameters). More
 # only queue on the server: 50 at once on a 2-worker server on 2 loaded cores hit the client's
@@ -83,6 +86,8 @@ class SweepController:
         self.hand_over_on_sigterm = hand_over_on_sigterm
         self.handing_over = threading.Event()
         self._wakeup = threading.Event()  # ends the wait for the next poll, or launches
+        self._end_reported = threading.Event()  # a backend saw a trial end: poll now
+        backend.on_end = self._on_end_reported
         self._creating: list[tuple[Trial, Future]] = []  # trials whose runs are being created
         self._creation_turns = threading.Semaphore(RUN_CREATIONS_AT_ONCE)
         self.lease_wait_s = lease_wait_s  # how long to wait for another holder's lease
@@ -281,6 +286,7 @@ class SweepController:
     def _loop(self) -> None:
         while True:
             polled = time.monotonic()
+            self._end_reported.clear()  # this poll sees it; one reported during it calls another
             self._poll()
             if self.interrupted.is_set():
                 break
@@ -322,8 +328,16 @@ class SweepController:
 
     def _until_next_poll(self, elapsed: float) -> float:
         """What is left of the poll interval once a poll (and the submissions after it) took
-        `elapsed` seconds."""
-        return max(0.0, self._poll_interval() - elapsed)
+        `elapsed` seconds; after a backend reported an end, of END_POLL_GAP_S."""
+        interval = self._poll_interval()
+        if self._end_reported.is_set():
+            interval = min(interval, END_POLL_GAP_S)
+        return max(0.0, interval - elapsed)
+
+    def _on_end_reported(self) -> None:
+        """Called by the backend, from any thread, when it learns that a trial ended."""
+        self._end_reported.set()
+        self._wakeup.set()
 
     # -- one poll ----------------------------------------------------------------------------------
     def _poll(self) -> None:

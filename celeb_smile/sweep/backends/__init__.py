@@ -4,6 +4,10 @@ The controller creates each trial's MLflow run itself (parameters normalised, ta
 to find the trial again), then asks a backend to launch it. A backend answers for all the
 trials in flight at once (`observe`: one listing per poll, whatever their number), adopts the
 trials of a driver that died (`adopt`, from the run's tags), cancels, and hands over logs.
+A backend that learns of a trial's end as it happens (a local process exits, a simulated trial
+logs its last epoch) calls `on_end()`, which the controller sets, from any thread: the
+controller then polls at once rather than at its next interval. The Kubernetes backend does
+not: its ends are seen by the poll's listing.
 """
 
 import hashlib

@@ -67,6 +67,7 @@ class KubernetesBackend:
     name = "kubernetes"
     remote = True
     poll_seconds = 3.0  # a poll is two list calls to the API server and one or two queries
+    on_end = None  # never called: a poll's listing sees the ends
 
     def __init__(self, backend_config: Path, cluster_tracking_uri: str, sweep_id: str,
                  build: bool = True, image_ref: str | None = None):

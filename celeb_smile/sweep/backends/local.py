@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,6 +40,7 @@ class LocalBackend:
     def __init__(self, work_dir: Path):
         self.log_dir = Path(work_dir) / "logs"
         self.calls = 0  # listing calls, for the sweep-overhead benchmark
+        self.on_end = None  # the controller's: called as a trial's process exits
 
     def prepare(self, console) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +59,19 @@ class LocalBackend:
             process = subprocess.Popen(argv, cwd=PROJECT_DIR, env=env, stdout=log,
                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                        start_new_session=True)
+        self.report_exit(process)
         return LocalTrial(trial.run_id, process.pid, log_path, process)
+
+    def report_exit(self, process: subprocess.Popen) -> None:
+        """Call `on_end` as `process` exits (a thread waits for it; `observe` still reads its
+        exit code: Popen's own lock keeps the two apart)."""
+        def wait_then_report():
+            process.wait()
+            if self.on_end is not None:
+                self.on_end()
+
+        threading.Thread(target=wait_then_report, daemon=True,
+                         name=f"trial-exit-{process.pid}").start()
 
     def launched_tags(self, handle: LocalTrial) -> dict[str, str]:
         return {PID_TAG: str(handle.pid)}

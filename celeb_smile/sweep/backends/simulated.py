@@ -9,8 +9,9 @@ epoch scheduled once the one before it was logged, so a trial's epochs stay in o
 are a deterministic function of the parameters: learning_rate sets the ceiling (best at 1e-3),
 the other parameters (seed among them) a small offset.
 
-`observe` reports RUNNING until the worker ended the run, then FINISHED; `cancel` stops the
-trial's logging (a log under way completes first) and it counts as ended (KILLED). Adoption:
+`observe` reports RUNNING until the worker ended the run, then FINISHED (and `on_end` is called,
+as a local process's exit calls it); `cancel` stops the trial's logging (a log under way
+completes first) and it counts as ended (KILLED). Adoption:
 the run's tag records when the trial started and its length, so a new driver's backend resumes
 its clock; epochs due meanwhile are logged at once with their scheduled timestamps (the store
 keeps an identical point once, so an epoch the old driver had logged is not doubled). The trial
@@ -82,6 +83,7 @@ class SimulatedBackend:
         self._workers: list[threading.Thread] = []
         self._closed = False
         self._uri = None
+        self.on_end = None  # the controller's: called as a trial ends by itself
 
     # -- the backend interface ----------------------------------------------------------
     def prepare(self, console) -> None:
@@ -198,32 +200,39 @@ class SimulatedBackend:
         with handle.lock:
             if handle.state.ended:  # cancelled
                 return
-            epoch = handle.logged + 1
-            due = handle.due(epoch)
-            self.lateness.append(time.time() - due)
-            try:
-                self._count_request()
-                client.log_batch(handle.run_id, metrics=[
-                    Metric(name, value, round(due * 1000), epoch - 1)
-                    for name, value in epoch_metrics(handle.params, epoch,
-                                                     handle.epochs).items()],
-                    tags=[self.adopt_tag(handle)] if epoch == 1 else [])
-                if epoch == handle.epochs:
-                    self._count_request()
-                    client.set_terminated(handle.run_id, "FINISHED", end_time=round(due * 1000))
-            except Exception as error:  # noqa: BLE001 - a real trial retries too
-                self._count_request(failed=True)
-                handle.errors += 1
-                if handle.errors < MAX_ERRORS:
-                    self._schedule(handle, time.time() + RETRY_S)
-                else:
-                    self._ended(handle, TrialState.FAILED, f"logging failed: {error}")
-                return
-            handle.errors, handle.logged = 0, epoch
+            ended = self._log_next_epoch(client, handle)
+        if ended and self.on_end is not None:  # (not while holding the trial's lock)
+            self.on_end()
+
+    def _log_next_epoch(self, client: MlflowClient, handle: SimulatedTrial) -> bool:
+        """Log the next epoch (and the end, after the last one); True when the trial ended.
+        (Holding the handle's lock.)"""
+        epoch = handle.logged + 1
+        due = handle.due(epoch)
+        self.lateness.append(time.time() - due)
+        try:
+            self._count_request()
+            client.log_batch(handle.run_id, metrics=[
+                Metric(name, value, round(due * 1000), epoch - 1)
+                for name, value in epoch_metrics(handle.params, epoch, handle.epochs).items()],
+                tags=[self.adopt_tag(handle)] if epoch == 1 else [])
             if epoch == handle.epochs:
-                self._ended(handle, TrialState.FINISHED)
-            else:
-                self._schedule(handle, handle.due(epoch + 1))
+                self._count_request()
+                client.set_terminated(handle.run_id, "FINISHED", end_time=round(due * 1000))
+        except Exception as error:  # noqa: BLE001 - a real trial retries too
+            self._count_request(failed=True)
+            handle.errors += 1
+            if handle.errors < MAX_ERRORS:
+                self._schedule(handle, time.time() + RETRY_S)
+                return False
+            self._ended(handle, TrialState.FAILED, f"logging failed: {error}")
+            return True
+        handle.errors, handle.logged = 0, epoch
+        if epoch < handle.epochs:
+            self._schedule(handle, handle.due(epoch + 1))
+            return False
+        self._ended(handle, TrialState.FINISHED)
+        return True
 
 
 def epoch_metrics(params: dict, epoch: int, epochs: int) -> dict[str, float]:
