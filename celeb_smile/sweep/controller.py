@@ -321,18 +321,17 @@ class SweepController:
 
     def _poll_interval(self) -> float:
         """Seconds from one poll's start to the next: `poll_seconds`, shorter while a trial has
-        logged its last epoch: it ends within seconds (test evaluation, the model's upload),
-        and its slot is refilled when it does."""
+        logged its last epoch (it ends within seconds: test evaluation, the model's upload, and
+        its slot is refilled when it does), END_POLL_GAP_S once the backend reported an end."""
+        if self._end_reported.is_set():
+            return min(self.poll_seconds, END_POLL_GAP_S)
         finishing = any(t.state == S.RUNNING and t.past_last_epoch for t in self.trials)
         return min(self.poll_seconds, FINISHING_POLL_S) if finishing else self.poll_seconds
 
     def _until_next_poll(self, elapsed: float) -> float:
         """What is left of the poll interval once a poll (and the submissions after it) took
-        `elapsed` seconds; after a backend reported an end, of END_POLL_GAP_S."""
-        interval = self._poll_interval()
-        if self._end_reported.is_set():
-            interval = min(interval, END_POLL_GAP_S)
-        return max(0.0, interval - elapsed)
+        `elapsed` seconds."""
+        return max(0.0, self._poll_interval() - elapsed)
 
     def _on_end_reported(self) -> None:
         """Called by the backend, from any thread, when it learns that a trial ended."""
