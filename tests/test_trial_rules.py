@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from celeb_smile import constants, deploy
+from celeb_smile import checkpoint, constants, deploy
 from celeb_smile.sweep import access
 from tests.helpers.auth_server import SERVER_DIRECTORY, sweep_trial_users, trial_rules
 
@@ -74,7 +74,6 @@ def test_the_server_module_uses_the_projects_names():
 
 
 def test_the_overwritable_directory_is_the_one_training_checkpoints_to():
-    checkpoint = pytest.importorskip("celeb_smile.checkpoint")
     assert rules.CHECKPOINT_DIRECTORY == checkpoint.CHECKPOINT_DIR
 
 
