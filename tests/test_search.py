@@ -131,6 +131,24 @@ def test_tpe_runs_max_trials_not_counting_warm_start():
     assert search.get_suggestions(warm + own + as_trials([{"epochs": "3"}] * 2, 4), 10) == []
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_tpe_start_up_trials_cover_every_slice_of_each_parameter(seed):
+    """A Latin hypercube: with 6 start-up trials, each batch size twice, every convolution
+    count at least once, one learning rate in each sixth of its log range. Independent draws
+    (Optuna's own start-up) fail this for most seeds."""
+    spec = tpe_spec(max_trials=24, seed=seed)
+    search = make_search(spec)
+    assert search.startup_trials() == 6
+    first = search.get_suggestions([], 2)
+    first += search.get_suggestions(as_trials(first, state=TrialState.RUNNING), 4)
+    assert sorted(int(p["batch_size"]) for p in first) == [16, 16, 32, 32, 64, 64]
+    assert {int(p["convolutions"]) for p in first} == {0, 1, 2, 3}
+    slices = sorted(int(math.log(float(p["learning_rate"]) / 1e-5) / math.log(1e5) * 6)
+                    for p in first)
+    assert slices == [0, 1, 2, 3, 4, 5]
+    assert first == make_search(spec).get_suggestions([], 6)  # seeded: asked at once, the same
+
+
 def test_tpe_never_repeats_a_combination_and_ends_when_the_space_is_exhausted():
     spec = SweepSpec(search="tpe", grid={"convolutions": ["0", "1", "2"]}, max_trials=10,
                      random_space={"batch_size": {"choice": [16, 32]}}, seed=4)

@@ -3,8 +3,9 @@
 The controller's policy hands a search every trial it knows, in any state (this run's, resumed
 ones and warm-start ones), and asks for up to n new parameter sets. Grid and random walk the
 spec's list of combinations; tpe is Optuna's multivariate TPE with the constant-liar strategy,
-on an in-memory study rebuilt from those trials at every call: MLflow stays the only record, and the
-same trials in give the same suggestions out, in this process or in a resumed one.
+its start-up trials a Latin hypercube over the space rather than independent draws, on an
+in-memory study built from those trials: MLflow stays the only record, and the same trials in
+give the same suggestions out, in this process or in a resumed one.
 """
 
 import math
@@ -95,6 +96,8 @@ class TPESearch:
         self._running: set[int] = set()  # Optuna numbers told nothing final yet
         self._asked: dict[tuple, int] = {}  # suggestions not seen back yet: key -> number
         self._created = 0  # Optuna trials in the kept study (numbers are 0, 1, ...)
+        self._design: list[dict] | None = None  # the start-up trials' points, once drawn
+        self._past_start_up = False  # the study holds as many trials as the start-up
         # What a trial must share with this sweep for its result to mean something here.
         self._baseline = {name: value for name, value in resolved(self.fixed).items()
                           if name not in self.distributions}
@@ -118,6 +121,7 @@ class TPESearch:
         suggestions = []
         while len(suggestions) < wanted and len(seen) < _size(self.distributions):
             for _ in range(MAX_ATTEMPTS):
+                self._enqueue_start_up_point(study, seen)
                 asked = study.ask(self.distributions)
                 self._created += 1
                 values = {name: self._spell(name, value) for name, value in asked.params.items()}
@@ -135,6 +139,38 @@ class TPESearch:
             seen.add(self._key(values))
             suggestions.append({**self.fixed, **values})  # stays RUNNING: the liar sees it
         return suggestions
+
+    def start_up_design(self) -> list[dict]:
+        """The start-up trials' points: a Latin hypercube over the space (SciPy's, seeded by the
+        sweep, its centred discrepancy improved), each parameter's range cut into as many equal
+        slices as there are start-up trials and each slice drawn once. Independent draws leave
+        a whole value (a convolution count, a batch size) untried in a quarter of the sweeps;
+        TPE then never learns about it. Replayed on recorded curves, fewer sweeps missed random
+        search's best with it (benchmarks/README.md)."""
+        if self._design is None:
+            from scipy.stats import qmc
+
+            names = sorted(self.distributions)
+            cube = qmc.LatinHypercube(d=len(names), optimization="random-cd",
+                                      seed=self.spec.seed).random(self.startup_trials())
+            self._design = [{name: _from_unit(self.distributions[name], x)
+                             for name, x in zip(names, row)} for row in cube]
+        return self._design
+
+    def _enqueue_start_up_point(self, study, seen: set) -> None:
+        """While the study holds fewer trials than the start-up, the next ask takes the next
+        design point (unless a trial already ran it: TPE's own random draw then)."""
+        import optuna
+
+        design = self.start_up_design()
+        if self._past_start_up:
+            return
+        counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                   optuna.trial.TrialState.RUNNING)  # what TPE's start-up counts
+        held = len(study.get_trials(deepcopy=False, states=counted))
+        self._past_start_up = held >= len(design)  # from then on, not counted at every ask
+        if not self._past_start_up and self._key(design[held]) not in seen:
+            study.enqueue_trial(design[held])
 
     def _unseen_random_point(self, seen: set, salt: int) -> dict | None:
         """Seeded by the sweep and how much it knows, as the sampler: the same trials in, the
@@ -310,6 +346,24 @@ def _draw_from(rng, distribution):
     if distribution.log:
         return math.exp(rng.uniform(math.log(distribution.low), math.log(distribution.high)))
     return rng.uniform(distribution.low, distribution.high)
+
+
+def _from_unit(distribution, x: float):
+    """The value at quantile x in [0, 1) of a distribution drawn uniformly (log-uniformly where
+    it is on a log scale; a category or an integer by equal slices)."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return distribution.choices[min(int(x * len(distribution.choices)),
+                                        len(distribution.choices) - 1)]
+    if isinstance(distribution, IntDistribution):
+        count = distribution.high - distribution.low + 1
+        return distribution.low + min(int(x * count), count - 1)
+    low, high = ((math.log(distribution.low), math.log(distribution.high)) if distribution.log
+                 else (distribution.low, distribution.high))
+    value = low + x * (high - low)
+    return min(max(math.exp(value) if distribution.log else value, distribution.low),
+               distribution.high)
 
 
 def _optuna_value(distribution, text: str):
