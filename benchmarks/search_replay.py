@@ -8,13 +8,19 @@ nearest learning rate; training is deterministic given the parameters, so a reco
 back exactly). Trials start ~12 s after submission, take each epoch in the time recorded for
 their convolutions and batch size, and are polled every 0.5 s, as the local backend does; the
 sweeps' sizes and figures are search_efficiency.py's (same flags and defaults). `--jitter P` takes the second-nearest recorded curve with probability P, and
-`--draws N` repeats each seed N times, for a spread instead of one answer.
+`--draws N` repeats each seed N times, for a spread instead of one answer. `--optuna` also
+replays Optuna's own study (optuna_study.py's: workers asking and telling one study, its
+HyperbandPruner judging each epoch), so the driver's settings meet the peer on many seeds.
+Per setting: the median epochs_vs_random, the share of sweeps that never reached random's best,
+and the share that missed because of a stop (`missed_by_stopping_share`: a trial the rule
+stopped would have got there on its recorded curve; the other misses are the search's).
 
     .venv/bin/python benchmarks/search_replay.py --pool DIR --seeds 0-19 --draws 3 --jitter 0.5 \\
         --asha 3,3,val_accuracy --asha 3,3,val_loss --hyperband 3,3,val_loss
 """
 
 import argparse
+import heapq
 import math
 import random
 import statistics
@@ -28,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mlflow import MlflowClient  # noqa: E402
 
 from celeb_smile.constants import TrialState  # noqa: E402
-from celeb_smile.sweep.search import make_search  # noqa: E402
+from celeb_smile.sweep.search import TPESearch, make_search  # noqa: E402
 from celeb_smile.sweep.spec import spec_from_mapping  # noqa: E402
 from celeb_smile.sweep.stopping import make_stopping_rule  # noqa: E402
 from celeb_smile.sweep.trial import Trial  # noqa: E402
@@ -36,6 +42,7 @@ from search_efficiency import (CONFIGS, METRIC, WITHIN, add_size_arguments,  # n
                                epochs_to_reach, summarise, sweep_definition)
 
 POLL_S, STARTUP_S, FINISH_S = 0.5, 12.0, 1.5  # as measured on the local backend
+OPTUNA_START_S = 1.0  # an Optuna trial's ask to its first epoch's start: the model's building
 
 
 @dataclass
@@ -87,8 +94,9 @@ class Replay:
         second = len(same) > 1 and same[0][0] > 0 and rng.random() < self.jitter
         return self.pool[same[1 if second else 0][1]]
 
-    def sweep(self, settings: dict, seed: int, draw: int) -> dict:
-        """One sweep: every epoch's (time, value, trial) in the order they were logged."""
+    def sweep(self, settings: dict, seed: int, draw: int) -> tuple[list, list[Trial]]:
+        """One sweep: every epoch's (time, value, trial) in the order they were logged, and its
+        trials (each with the `recorded` curve it was given)."""
         rng = random.Random(draw * 7919 + seed)
         spec = spec_from_mapping(sweep_definition("replay", settings, seed, self.sizes))
         search, rule = make_search(spec), make_stopping_rule(spec)
@@ -122,6 +130,60 @@ class Replay:
                 trial = trials[decision.trial_index - 1]
                 trial.state = TrialState.STOPPED
                 running.remove(trial)
+        return sorted(logged), trials
+
+    def optuna_study(self, seed: int, draw: int) -> list:
+        """optuna_study.py's study replayed: `max_parallel` workers sharing one study, each with
+        its own seeded TPESampler (as the driver configures TPE) and HyperbandPruner(1, epochs,
+        3) judging the objective after every epoch; a worker asks, trains, tells in turn. Trials
+        start OPTUNA_START_S after their ask (in-process: no run, no process). Every epoch's
+        (time, value, trial number), in the order they were logged."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        rng = random.Random(draw * 7919 + seed)
+        spec = spec_from_mapping(sweep_definition("replay", CONFIGS["random"], seed, self.sizes))
+        distributions = TPESearch(spec).distributions
+        storage, epochs = optuna.storages.InMemoryStorage(), self.sizes.epochs
+        name = optuna.create_study(storage=storage, direction="maximize").study_name
+        studies = [optuna.load_study(
+            study_name=name, storage=storage,
+            sampler=optuna.samplers.TPESampler(
+                multivariate=True, constant_liar=True,
+                n_startup_trials=TPESearch(spec).startup_trials(), seed=seed * 1000 + worker),
+            pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
+                                                  reduction_factor=3))
+            for worker in range(spec.max_parallel)]
+        left = [spec.max_trials // len(studies) + (w < spec.max_trials % len(studies))
+                for w in range(len(studies))]
+        logged, running, events = [], {}, []  # running: worker -> (trial, curve, epoch_s)
+
+        def start(worker: int, now: float) -> None:
+            if not left[worker]:
+                return
+            left[worker] -= 1
+            trial = studies[worker].ask(distributions)
+            curve = self.closest({k: str(v) for k, v in trial.params.items()}, rng)
+            epoch_s = self.epoch_s[(curve.convolutions, curve.batch_size)]
+            running[worker] = (trial, curve, epoch_s, [])
+            heapq.heappush(events, (now + OPTUNA_START_S + epoch_s, worker))
+
+        for worker in range(len(studies)):
+            start(worker, 0.0)
+        while events:
+            now, worker = heapq.heappop(events)
+            trial, curve, epoch_s, values = running[worker]
+            values.append(curve.accuracy[len(values)])
+            logged.append((now, values[-1], trial.number))
+            trial.report(values[-1], len(values))
+            if trial.should_prune():
+                studies[worker].tell(trial, state=optuna.trial.TrialState.PRUNED)
+            elif len(values) == epochs:
+                studies[worker].tell(trial, values[-1])
+            else:
+                heapq.heappush(events, (now + epoch_s, worker))
+                continue
+            start(worker, now)
         return sorted(logged)
 
 
@@ -131,6 +193,14 @@ def epochs_vs_random(adaptive: list, random_sweep: list) -> float:
     if not summarise(adaptive)["best"] >= target:
         return math.inf
     return epochs_to_reach(adaptive, target) / len(random_sweep)
+
+
+def stopped_too_soon(trials: list[Trial], random_sweep: list) -> bool:
+    """Whether a trial the rule stopped would have come within WITHIN of random's best had it
+    run all its epochs (its recorded curve says so): a miss the stopping rule caused."""
+    target = summarise(random_sweep)["best"] - WITHIN
+    return any(trial.state == TrialState.STOPPED and max(trial.recorded.accuracy) >= target
+               for trial in trials)
 
 
 def rule_setting(rule: str, text: str) -> tuple[str, dict]:
@@ -160,6 +230,8 @@ def main() -> None:
                              "default 3,3,val_accuracy and 3,3,val_loss")
     parser.add_argument("--hyperband", action="append", metavar="GRACE,FACTOR,METRIC",
                         help="a TPE + Hyperband setting to replay (repeatable)")
+    parser.add_argument("--optuna", action="store_true",
+                        help="also replay Optuna's own study (optuna_hyperband)")
     add_size_arguments(parser)
     args = parser.parse_args()
     replay = Replay(load_pool(Path(args.pool), args.epochs), args.jitter, args)
@@ -168,15 +240,26 @@ def main() -> None:
                     ([] if args.hyperband else ["3,3,val_accuracy", "3,3,val_loss"]))
     settings.update(rule_setting("hyperband", h) for h in args.hyperband or [])
     ratios: dict[str, list[float]] = {name: [] for name in settings}
+    stopped_misses = {name: 0 for name in settings}  # misses the stopping rule caused
+    if args.optuna:
+        ratios["optuna_hyperband"] = []
     for seed in seeds(args.seeds):
         for draw in range(args.draws):
-            baseline = replay.sweep(CONFIGS["random"], seed, draw)
+            baseline, _ = replay.sweep(CONFIGS["random"], seed, draw)
             for name, setting in settings.items():
-                ratios[name].append(epochs_vs_random(replay.sweep(setting, seed, draw), baseline))
+                logged, trials = replay.sweep(setting, seed, draw)
+                ratios[name].append(epochs_vs_random(logged, baseline))
+                if math.isinf(ratios[name][-1]) and stopped_too_soon(trials, baseline):
+                    stopped_misses[name] += 1
+            if args.optuna:
+                ratios["optuna_hyperband"].append(
+                    epochs_vs_random(replay.optuna_study(seed, draw), baseline))
     for name, values in ratios.items():
         print(f"{name}_epochs_vs_random_median: {statistics.median(values):.3f}")
         print(f"{name}_goal_met_share: {sum(v <= 0.5 for v in values) / len(values):.2f}")
         print(f"{name}_never_reached_share: {sum(math.isinf(v) for v in values) / len(values):.2f}")
+        if name in stopped_misses:
+            print(f"{name}_missed_by_stopping_share: {stopped_misses[name] / len(values):.2f}")
 
 
 if __name__ == "__main__":
