@@ -302,7 +302,9 @@ def test_a_trial_whose_run_was_created_as_the_sweep_was_interrupted_never_launch
     sweep.tracking.create_run = create_then_interrupt
     assert sweep.run() == EXIT_INTERRUPTED
     assert backend.launched == []
-    assert sorted(r.info.status for r in trial_runs(store)) == ["KILLED", "KILLED"]
+    # The second run exists only if its creation began before the first one's returned.
+    statuses = [r.info.status for r in trial_runs(store)]
+    assert 1 <= len(statuses) <= 2 and set(statuses) == {"KILLED"}
     assert {t.reason for t in sweep.trials} == {"sweep interrupted before its Job was created"}
 
 
