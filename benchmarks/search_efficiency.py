@@ -22,10 +22,11 @@ each: `epochs_vs_random_median_<config>` and `reached_random_best_<config>: K/N`
 Goals (issue 22), over >= 10 seeds that played no part in choosing settings: a shipped
 adaptive sweep (tpe_asha or tpe_hyperband) reaches random's best on >= 9 of 10;
 its median epochs_vs_random <= 0.4; and at most optuna_hyperband's median. Seeds used to choose
-settings: 0-9 (tpe-asha.yaml's), 100-109 (their trials are search_replay.py's pool, with which
-tpe-hyperband.yaml's were chosen on replayed seeds 0-119). Fresh: 110-119.
+settings: 0-9 (tpe-asha.yaml's), 100-119 (their trials are search_replay.py's pool, with which
+tpe-hyperband.yaml's settings and TPE's Latin-hypercube start-up were chosen on replayed seeds).
+Fresh: 110-119 (before that start-up, and before they joined the pool), then 120-129.
 
-    .venv/bin/python benchmarks/search_efficiency.py --seeds 110-119          # the report
+    .venv/bin/python benchmarks/search_efficiency.py --seeds 120-129          # the report
     .venv/bin/python benchmarks/search_efficiency.py --seeds 0 --trials 8 --epochs 3
 """
 
