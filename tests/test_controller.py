@@ -674,6 +674,34 @@ def test_a_pause_stops_the_trials_at_their_checkpoints_and_a_resume_goes_on(stor
             [0, 1, 2]  # no epoch logged twice
 
 
+def test_a_paused_trial_is_marked_paused_on_its_run_before_its_pod_is_stopped(store):
+    """A stopped training ends its run KILLED at once; read then (--pause waits on it), a run
+    not yet marked paused would count as killed."""
+    marked_when_cancelled = []
+
+    class RecordingBackend(FakeBackend):
+        def cancel(self, handle):
+            run = store.get_run(handle.run_id)
+            marked_when_cancelled.append(run.data.tags.get(PAUSED_TAG))
+            super().cancel(handle)
+
+    def pause_from_elsewhere(backend):
+        if backend.polls == 2:
+            store.set_tag(sweep.record.parent_id, PAUSE_TAG, "alice@laptop")
+
+    def resume_once_paused(run_ids):
+        if sweep.paused_by:
+            store.delete_tag(sweep.record.parent_id, PAUSE_TAG)
+        return snapshots(run_ids)
+
+    backend = RecordingBackend(on_poll=pause_from_elsewhere, gang=2)
+    sweep = make_sweep(backend, {"learning_rate": ["0.01", "0.02"]})
+    snapshots = sweep.record.snapshots
+    sweep.record.snapshots = resume_once_paused
+    assert sweep.run() == EXIT_OK
+    assert marked_when_cancelled == ["true", "true"]
+
+
 def test_a_trial_whose_run_is_created_during_a_pause_starts_only_on_the_resume(store):
     """The pause is read while the second trial's run is being created: that trial is not
     launched while the sweep is paused, and the resume starts it like the paused one."""

@@ -474,14 +474,18 @@ class SweepController:
                            "last checkpoint; nothing new until driver.py --resume[/]",
                            highlight=False)
         for trial in in_flight:
+            # Marked before its pod stops: the stopped training ends its run KILLED at once,
+            # and whoever reads the run then (--pause waiting, --status) must see it paused.
+            handle, trial.handle = trial.handle, None
+            self._mark_paused(trial)
             try:
                 self._retry_backend(f"pause {trial.name}",
-                                    lambda t=trial: self.backend.cancel(t.handle), patience=60)
+                                    lambda: self.backend.cancel(handle), patience=60)
             except Unavailable as error:
+                self.tracking.patient("unmark a trial not paused", lambda t=trial:
+                                      self.client.delete_tag(t.run_id, PAUSED_TAG))
+                trial.handle = handle
                 self._end(trial, S.FAILED, f"could not be paused: {error}")
-                continue
-            trial.handle = None
-            self._mark_paused(trial)
 
     def _mark_paused(self, trial: Trial) -> None:
         """A trial stopped (or never started) by the pause: it is launched again on the
