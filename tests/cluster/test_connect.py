@@ -61,15 +61,20 @@ def test_the_connection_follows_a_restarted_server_pod_at_the_same_address(own_s
         assert client.get_run(run.info.run_id).info.experiment_id == experiment_id
 
 
-def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack):
-    process = subprocess.Popen(
-        [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "tracking.py"),
-         "--namespace", own_stack.tracking_namespace, "--port", "0"],
-        env=own_stack.sweep_user_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack, tmp_path):
+    # Its stderr goes to a file (a pipe nobody reads could fill and stall it); if it does not
+    # exit, SIGABRT makes Python's faulthandler write every thread's stack there, for the report.
+    errors = tmp_path / "stderr"
+    with errors.open("w") as stderr:
+        process = subprocess.Popen(
+            [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "tracking.py"),
+             "--namespace", own_stack.tracking_namespace, "--port", "0"],
+            env={**own_stack.sweep_user_env, "PYTHONFAULTHANDLER": "1"},
+            stdout=subprocess.PIPE, stderr=stderr, text=True)
     try:
         first_line = process.stdout.readline()
         assert first_line.startswith(f"MLflow UI of {own_stack.tracking_namespace}/mlflow: http://127.0.0.1:"), \
-            first_line + process.stderr.read() if process.poll() is not None else first_line
+            first_line + errors.read_text()
         uri = first_line.split(": ", 1)[1].split()[0]
         credentials = f"{own_stack.env['MLFLOW_TRACKING_USERNAME']}:" \
                       f"{own_stack.env['MLFLOW_TRACKING_PASSWORD']}"
@@ -77,7 +82,14 @@ def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack):
                               text=True, timeout=60)
         assert page.returncode == 0 and "<title>MLflow</title>" in page.stdout, page.stdout[:500]
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=180) == 0  # a hang guard: it exits, and cleanly
+        try:
+            exit_code = process.wait(timeout=180)  # a hang guard: it exits, and cleanly
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=30)
+            raise AssertionError("no exit 180 s after SIGINT; its threads:\n"
+                                 + errors.read_text()[-8000:]) from None
+        assert exit_code == 0, errors.read_text()[-3000:]
     finally:
         if process.poll() is None:
             process.kill()
