@@ -63,19 +63,29 @@ def work(definition: dict, journal: Path, study_name: str, worker: int, trials: 
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = spec_from_mapping(definition)
-    search = TPESearch(spec)
-    sampler = optuna.samplers.TPESampler(
-        multivariate=True, constant_liar=True, n_startup_trials=search.startup_trials(),
-        seed=spec.seed * 1000 + worker)  # workers of one seed must not draw the same points
-    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.most_epochs(),
-                                            reduction_factor=3)
+    sampler, pruner = sampler_and_pruner(spec, worker)
     study = optuna.load_study(study_name=study_name, storage=_storage(journal),
                               sampler=sampler, pruner=pruner)
     for _ in range(trials):
-        trial = study.ask(search.distributions)
+        trial = study.ask(TPESearch(spec).distributions)
         value, pruned = train_trial(trial, spec)
         study.tell(trial, None if pruned else value,
                    state=optuna.trial.TrialState.PRUNED if pruned else None)
+
+
+def sampler_and_pruner(spec, worker: int):
+    """One worker's TPESampler, as the driver configures TPE (seeded per worker: workers of one
+    seed must not draw the same points), and HyperbandPruner(1, the trials' epochs, 3)."""
+    import optuna
+
+    from celeb_smile.sweep.search import TPESearch
+
+    sampler = optuna.samplers.TPESampler(
+        multivariate=True, constant_liar=True,
+        n_startup_trials=TPESearch(spec).startup_trials(), seed=spec.seed * 1000 + worker)
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=spec.most_epochs(),
+                                            reduction_factor=3)
+    return sampler, pruner
 
 
 def train_trial(trial, spec) -> tuple[float, bool]:

@@ -38,6 +38,7 @@ from celeb_smile.sweep.search import TPESearch, make_search  # noqa: E402
 from celeb_smile.sweep.spec import spec_from_mapping  # noqa: E402
 from celeb_smile.sweep.stopping import make_stopping_rule  # noqa: E402
 from celeb_smile.sweep.trial import Trial  # noqa: E402
+from optuna_study import sampler_and_pruner  # noqa: E402
 from search_efficiency import (CONFIGS, METRIC, WITHIN, add_size_arguments,  # noqa: E402
                                epochs_to_reach, summarise, sweep_definition)
 
@@ -134,8 +135,8 @@ class Replay:
 
     def optuna_study(self, seed: int, draw: int) -> list:
         """optuna_study.py's study replayed: `max_parallel` workers sharing one study, each with
-        its own seeded TPESampler (as the driver configures TPE) and HyperbandPruner(1, epochs,
-        3) judging the objective after every epoch; a worker asks, trains, tells in turn. Trials
+        its own sampler and pruner as optuna_study.py sets them, the pruner judging the objective
+        after every epoch; a worker asks, trains, tells in turn. Trials
         start OPTUNA_START_S after their ask (in-process: no run, no process). Every epoch's
         (time, value, trial number), in the order they were logged."""
         import optuna
@@ -145,18 +146,16 @@ class Replay:
         spec = spec_from_mapping(sweep_definition("replay", CONFIGS["random"], seed, self.sizes))
         distributions = TPESearch(spec).distributions
         storage, epochs = optuna.storages.InMemoryStorage(), self.sizes.epochs
-        name = optuna.create_study(storage=storage, direction="maximize").study_name
-        studies = [optuna.load_study(
-            study_name=name, storage=storage,
-            sampler=optuna.samplers.TPESampler(
-                multivariate=True, constant_liar=True,
-                n_startup_trials=TPESearch(spec).startup_trials(), seed=seed * 1000 + worker),
-            pruner=optuna.pruners.HyperbandPruner(min_resource=1, max_resource=epochs,
-                                                  reduction_factor=3))
-            for worker in range(spec.max_parallel)]
+        # Named as optuna_study.py names it: Hyperband deals trials to brackets by a hash of it.
+        name = optuna.create_study(study_name=f"optuna-seed{seed}", storage=storage,
+                                   direction="maximize").study_name
+        studies = [optuna.load_study(study_name=name, storage=storage,
+                                     **dict(zip(("sampler", "pruner"),
+                                                sampler_and_pruner(spec, worker))))
+                   for worker in range(spec.max_parallel)]
         left = [spec.max_trials // len(studies) + (w < spec.max_trials % len(studies))
                 for w in range(len(studies))]
-        logged, running, events = [], {}, []  # running: worker -> (trial, curve, epoch_s)
+        logged, running, events = [], {}, []  # worker -> (trial, curve, epoch_s, values)
 
         def start(worker: int, now: float) -> None:
             if not left[worker]:
