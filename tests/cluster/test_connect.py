@@ -61,6 +61,13 @@ def test_the_connection_follows_a_restarted_server_pod_at_the_same_address(own_s
         assert client.get_run(run.info.run_id).info.experiment_id == experiment_id
 
 
+def _ctrl_c_as_at_a_terminal() -> None:
+    """SIGINT back to its default in the child: a test run started in the background (no job
+    control) ignores SIGINT, the child would inherit that, and Python then never raises
+    KeyboardInterrupt (seen: the script waited on, 180 s after the signal)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack, tmp_path):
     # Its stderr goes to a file (a pipe nobody reads could fill and stall it); if it does not
     # exit, SIGABRT makes Python's faulthandler write every thread's stack there, for the report.
@@ -70,7 +77,7 @@ def test_make_ui_serves_the_mlflow_ui_until_interrupted(own_stack, tmp_path):
             [str(BIN_DIR / "python"), str(PROJECT_DIR / "scripts" / "tracking.py"),
              "--namespace", own_stack.tracking_namespace, "--port", "0"],
             env={**own_stack.sweep_user_env, "PYTHONFAULTHANDLER": "1"},
-            stdout=subprocess.PIPE, stderr=stderr, text=True)
+            stdout=subprocess.PIPE, stderr=stderr, text=True, preexec_fn=_ctrl_c_as_at_a_terminal)
     try:
         first_line = process.stdout.readline()
         assert first_line.startswith(f"MLflow UI of {own_stack.tracking_namespace}/mlflow: http://127.0.0.1:"), \
