@@ -66,8 +66,9 @@ def work(definition: dict, journal: Path, study_name: str, worker: int, trials: 
     sampler, pruner = sampler_and_pruner(spec, worker)
     study = optuna.load_study(study_name=study_name, storage=_storage(journal),
                               sampler=sampler, pruner=pruner)
+    distributions = TPESearch(spec).distributions
     for _ in range(trials):
-        trial = study.ask(TPESearch(spec).distributions)
+        trial = study.ask(distributions)
         value, pruned = train_trial(trial, spec)
         study.tell(trial, None if pruned else value,
                    state=optuna.trial.TrialState.PRUNED if pruned else None)

@@ -149,10 +149,11 @@ class Replay:
         # Named as optuna_study.py names it: Hyperband deals trials to brackets by a hash of it.
         name = optuna.create_study(study_name=f"optuna-seed{seed}", storage=storage,
                                    direction="maximize").study_name
-        studies = [optuna.load_study(study_name=name, storage=storage,
-                                     **dict(zip(("sampler", "pruner"),
-                                                sampler_and_pruner(spec, worker))))
-                   for worker in range(spec.max_parallel)]
+        studies = []
+        for worker in range(spec.max_parallel):
+            sampler, pruner = sampler_and_pruner(spec, worker)
+            studies.append(optuna.load_study(study_name=name, storage=storage, sampler=sampler,
+                                             pruner=pruner))
         left = [spec.max_trials // len(studies) + (w < spec.max_trials % len(studies))
                 for w in range(len(studies))]
         logged, running, events = [], {}, []  # worker -> (trial, curve, epoch_s, values)
