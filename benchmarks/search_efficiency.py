@@ -28,6 +28,8 @@ Fresh: 110-119 (before that start-up, and before they joined the pool), then 120
 
     .venv/bin/python benchmarks/search_efficiency.py --seeds 120-129          # the report
     .venv/bin/python benchmarks/search_efficiency.py --seeds 0 --trials 8 --epochs 3
+    .venv/bin/python benchmarks/search_efficiency.py --seeds 120-127 --configs tpe_hyperband \
+        --random-from earlier-output.txt   # random's figures from an earlier run, not run again
 """
 
 import argparse
@@ -159,12 +161,37 @@ def compare_with_random(results: dict) -> None:
         result["epochs_vs_random"] = used / random["trial_epochs"] if random["trial_epochs"] \
             else math.nan
         result["reached_random_best"] = math.isfinite(used)
+    if "recorded_epochs_vs_random" in random:
+        random["epochs_vs_random"] = random["recorded_epochs_vs_random"]
+        random["reached_random_best"] = True
+
+
+def earlier_random(path: str) -> dict[int, dict]:
+    """Random's figures per seed from an earlier run's output (its `seedN_random_KEY: V` lines)."""
+    found = {}
+    for line in Path(path).read_text().splitlines():
+        name, _, value = line.partition(": ")
+        seed, config, key = (name.split("_", 2) + ["", ""])[:3]
+        if config == "random" and seed.startswith("seed") and seed[4:].isdigit():
+            found.setdefault(int(seed[4:]), {})[key] = value.strip()
+    return found
+
+
+def random_as_recorded(recorded: dict) -> dict:
+    """An earlier random sweep's result, with its epochs_vs_random as then printed."""
+    return {"trial_epochs": int(recorded["trial_epochs"]), "trials": int(recorded["trials"]),
+            "best": float(recorded["best"]), "wall_s": float(recorded["wall_s"]),
+            "exit": int(recorded["exit"]), "points": [],
+            "recorded_epochs_vs_random": float(recorded["epochs_vs_random"])}
 
 
 def one_seed(seed: int, args, root: Path) -> dict:
     client = MlflowClient(f"sqlite:///{root / f'seed{seed}.db'}")
     results = {}
     for name in args.configs:
+        if name == "random" and seed in args.random_recorded:
+            results[name] = random_as_recorded(args.random_recorded[seed])
+            continue
         results[name] = run_config(name, seed, args, root, client)
         for key in ("trial_epochs", "trials", "wall_s", "best", "exit"):
             print(f"seed{seed}_{name}_{key}: {_fmt(results[name][key])}", flush=True)
@@ -220,7 +247,10 @@ def main() -> None:
     add_size_arguments(parser)
     parser.add_argument("--keep", metavar="DIR",
                         help="keep the sweep files, driver logs and MLflow stores in DIR")
+    parser.add_argument("--random-from", metavar="FILE",
+                        help="an earlier run's output: random's figures for the seeds it has")
     args = parser.parse_args()
+    args.random_recorded = earlier_random(args.random_from) if args.random_from else {}
     chosen = [name for name in args.configs.split(",") if name != "random"]
     unknown = set(chosen) - set(CONFIGS) - set(PEERS)
     if unknown:
