@@ -35,6 +35,7 @@ Fresh: 110-119 (before that start-up, and before they joined the pool), then 120
 import argparse
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -156,24 +157,20 @@ def run_config(name: str, seed: int, args, root: Path, client: MlflowClient) -> 
 def compare_with_random(results: dict) -> None:
     """Each configuration's epochs_vs_random and reached_random_best, from random's sweep."""
     random = results["random"]
-    for result in results.values():
+    for result in results.values():  # a random sweep recorded earlier keeps its figures
         used = epochs_to_reach(result["points"], random["best"] - WITHIN)
-        result["epochs_vs_random"] = used / random["trial_epochs"] if random["trial_epochs"] \
-            else math.nan
-        result["reached_random_best"] = math.isfinite(used)
-    if "recorded_epochs_vs_random" in random:
-        random["epochs_vs_random"] = random["recorded_epochs_vs_random"]
-        random["reached_random_best"] = True
+        result.setdefault("epochs_vs_random", used / random["trial_epochs"]
+                          if random["trial_epochs"] else math.nan)
+        result.setdefault("reached_random_best", math.isfinite(used))
 
 
 def earlier_random(path: str) -> dict[int, dict]:
     """Random's figures per seed from an earlier run's output (its `seedN_random_KEY: V` lines)."""
     found = {}
     for line in Path(path).read_text().splitlines():
-        name, _, value = line.partition(": ")
-        seed, config, key = (name.split("_", 2) + ["", ""])[:3]
-        if config == "random" and seed.startswith("seed") and seed[4:].isdigit():
-            found.setdefault(int(seed[4:]), {})[key] = value.strip()
+        if match := re.fullmatch(r"seed(\d+)_random_(\w+): (\S+)", line.strip()):
+            seed, key, value = match.groups()
+            found.setdefault(int(seed), {})[key] = value
     return found
 
 
@@ -182,7 +179,7 @@ def random_as_recorded(recorded: dict) -> dict:
     return {"trial_epochs": int(recorded["trial_epochs"]), "trials": int(recorded["trials"]),
             "best": float(recorded["best"]), "wall_s": float(recorded["wall_s"]),
             "exit": int(recorded["exit"]), "points": [],
-            "recorded_epochs_vs_random": float(recorded["epochs_vs_random"])}
+            "epochs_vs_random": float(recorded["epochs_vs_random"]), "reached_random_best": True}
 
 
 def one_seed(seed: int, args, root: Path) -> dict:
