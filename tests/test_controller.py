@@ -839,7 +839,7 @@ def test_a_slow_run_creation_never_holds_up_the_polls(store):
 
     sweep.tracking.create_run = slow_second_creation
     assert sweep.run() == EXIT_OK
-    assert polled_while_creating == [2]
+    assert len(polled_while_creating) == 1 and polled_while_creating[0] >= 2  # polls spin freely
     assert len(backend.launched) == 3 and {t.state for t in sweep.trials} == {TrialState.FINISHED}
 
 
