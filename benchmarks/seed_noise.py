@@ -31,7 +31,7 @@ from mlflow import MlflowClient  # noqa: E402
 
 from celeb_smile.config import FIELD_TYPES, config_from_params  # noqa: E402
 from machine import print_machine  # noqa: E402
-from search_efficiency import METRIC, WITHIN, parse_seeds  # noqa: E402
+from search_efficiency import METRIC, SPACE, WITHIN, parse_seeds  # noqa: E402
 
 
 def best_trials(client: MlflowClient, experiment: str, top: int) -> list:
@@ -82,8 +82,7 @@ def one_trial(prefix: str, run, target: float, retrain_seeds: list[int]) -> list
     values = [retrain(params, seed) for seed in retrain_seeds]
     reached = sum(value >= target for value in values)
     lines = {
-        "params": " ".join(f"{name}={params[name]}" for name in
-                           ("learning_rate", "convolutions", "batch_size")),
+        "params": " ".join(f"{name}={params[name]}" for name in SPACE),
         "recorded": f"{run.data.metrics[METRIC]:.4f}",
         "same_seed": f"{retrain(params, int(params['seed'])):.4f}",
         "retrain_mean": f"{statistics.mean(values):.4f}",
