@@ -23,6 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 EPOCH_TIME_ATTR = "epoch_{}_ms"  # a trial's user attribute: when it reported that epoch
+JOURNAL = "optuna-journal.log"  # the study's storage, in the study's directory
+
+
+def study_name_of(seed: int) -> str:
+    return f"optuna-seed{seed}"
 
 
 def run_study(definition: dict, directory: Path) -> list[tuple[int, float, int]]:
@@ -31,10 +36,10 @@ def run_study(definition: dict, directory: Path) -> list[tuple[int, float, int]]
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    journal = directory / "optuna-journal.log"
+    journal = directory / JOURNAL
     journal.unlink(missing_ok=True)
-    study_name = f"optuna-seed{definition['seed']}"
-    optuna.create_study(study_name=study_name, storage=_storage(journal),
+    study_name = study_name_of(definition["seed"])
+    optuna.create_study(study_name=study_name, storage=journal_storage(journal),
                         direction=definition["objective"]["direction"])
     workers = definition["max_parallel"]
     shares = [definition["max_trials"] // workers + (w < definition["max_trials"] % workers)
@@ -48,7 +53,7 @@ def run_study(definition: dict, directory: Path) -> list[tuple[int, float, int]]
         process.join()
         if process.exitcode != 0:
             raise RuntimeError(f"an Optuna worker exited {process.exitcode}")
-    study = optuna.load_study(study_name=study_name, storage=_storage(journal))
+    study = optuna.load_study(study_name=study_name, storage=journal_storage(journal))
     return sorted((trial.user_attrs[EPOCH_TIME_ATTR.format(step)], value, trial.number)
                   for trial in study.get_trials(deepcopy=False)
                   for step, value in trial.intermediate_values.items())
@@ -64,7 +69,7 @@ def work(definition: dict, journal: Path, study_name: str, worker: int, trials: 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = spec_from_mapping(definition)
     sampler, pruner = sampler_and_pruner(spec, worker)
-    study = optuna.load_study(study_name=study_name, storage=_storage(journal),
+    study = optuna.load_study(study_name=study_name, storage=journal_storage(journal),
                               sampler=sampler, pruner=pruner)
     distributions = TPESearch(spec).distributions
     for _ in range(trials):
@@ -124,7 +129,7 @@ def _reporter(trial, metric: str):
     return Reporter()
 
 
-def _storage(journal: Path):
+def journal_storage(journal: Path):
     import optuna
 
     return optuna.storages.JournalStorage(

@@ -38,7 +38,7 @@ from celeb_smile.sweep.search import TPESearch, make_search  # noqa: E402
 from celeb_smile.sweep.spec import spec_from_mapping  # noqa: E402
 from celeb_smile.sweep.stopping import make_stopping_rule  # noqa: E402
 from celeb_smile.sweep.trial import Trial  # noqa: E402
-from optuna_study import sampler_and_pruner  # noqa: E402
+from optuna_study import sampler_and_pruner, study_name_of  # noqa: E402
 from search_efficiency import (CONFIGS, METRIC, WITHIN, add_size_arguments,  # noqa: E402
                                epochs_to_reach, summarise, sweep_definition)
 
@@ -147,7 +147,7 @@ class Replay:
         distributions = TPESearch(spec).distributions
         storage, epochs = optuna.storages.InMemoryStorage(), self.sizes.epochs
         # Named as optuna_study.py names it: Hyperband deals trials to brackets by a hash of it.
-        name = optuna.create_study(study_name=f"optuna-seed{seed}", storage=storage,
+        name = optuna.create_study(study_name=study_name_of(seed), storage=storage,
                                    direction="maximize").study_name
         studies = []
         for worker in range(spec.max_parallel):

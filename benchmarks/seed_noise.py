@@ -31,18 +31,37 @@ from mlflow import MlflowClient  # noqa: E402
 
 from celeb_smile.config import FIELD_TYPES, config_from_params  # noqa: E402
 from machine import print_machine  # noqa: E402
-from search_efficiency import METRIC, SPACE, WITHIN, parse_seeds  # noqa: E402
+from optuna_study import JOURNAL, journal_storage, study_name_of  # noqa: E402
+from search_efficiency import METRIC, PEERS, SPACE, WITHIN, parse_seeds  # noqa: E402
 
 
-def best_trials(client: MlflowClient, experiment: str, top: int) -> list:
-    """The `top` trials that trained every epoch (FINISHED, not stopped), best first."""
+def best_trials(client: MlflowClient, experiment: str, top: int) -> list[tuple[dict, float]]:
+    """The driver's sweep's `top` trials that trained every epoch (FINISHED, not stopped), best
+    first: (parameters, objective)."""
     found = client.get_experiment_by_name(experiment)
     if found is None:
         raise SystemExit(f"no experiment {experiment!r} in {client.tracking_uri}")
     runs = [run for run in client.search_runs([found.experiment_id])
             if "mlflow.parentRunId" in run.data.tags and run.info.status == "FINISHED"
             and METRIC in run.data.metrics]
-    return sorted(runs, key=lambda run: run.data.metrics[METRIC], reverse=True)[:top]
+    return sorted(((run.data.params, run.data.metrics[METRIC]) for run in runs),
+                  key=lambda trial: trial[1], reverse=True)[:top]
+
+
+def best_study_trials(directory: Path, seed: int, base: dict, top: int) -> list[tuple[dict, float]]:
+    """Optuna's own study's `top` trials that trained every epoch (COMPLETE, not pruned), best
+    first; their parameters are `base` (a driver's trial of the same seed: sizes, data seed)
+    with the study's choices."""
+    import optuna
+
+    from celeb_smile.config import format_value
+
+    journal = directory / f"bench-{PEERS[0]}-seed{seed}" / JOURNAL
+    study = optuna.load_study(study_name=study_name_of(seed), storage=journal_storage(journal))
+    complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
+    return sorted((({**base, **{k: format_value(v) for k, v in trial.params.items()}},
+                    trial.value) for trial in complete),
+                  key=lambda trial: trial[1], reverse=True)[:top]
 
 
 def sweep_best(client: MlflowClient, experiment: str) -> float:
@@ -76,14 +95,15 @@ def retrain(params: dict, training_seed: int) -> float:
     return float(history.history[METRIC][-1])
 
 
-def one_trial(prefix: str, run, target: float, retrain_seeds: list[int]) -> list[float]:
+def one_trial(prefix: str, trial: tuple[dict, float], target: float,
+              retrain_seeds: list[int]) -> list[float]:
     """Print one trial's figures; its retrains' values."""
-    params = run.data.params
+    params, recorded = trial
     values = [retrain(params, seed) for seed in retrain_seeds]
     reached = sum(value >= target for value in values)
     lines = {
         "params": " ".join(f"{name}={params[name]}" for name in SPACE),
-        "recorded": f"{run.data.metrics[METRIC]:.4f}",
+        "recorded": f"{recorded:.4f}",
         "same_seed": f"{retrain(params, int(params['seed'])):.4f}",
         "retrain_mean": f"{statistics.mean(values):.4f}",
         "retrain_min": f"{min(values):.4f}", "retrain_max": f"{max(values):.4f}",
@@ -99,21 +119,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("directory", help="search_efficiency.py's --keep DIR")
     parser.add_argument("--seeds", required=True, help='the sweeps\' seeds, e.g. "124,125"')
-    parser.add_argument("--configs", default="random,tpe_asha")
+    parser.add_argument("--configs", default="random,tpe_asha",
+                        help="of those search_efficiency.py kept (optuna_hyperband too)")
     parser.add_argument("--top", type=int, default=2, help="best finished trials per sweep")
     parser.add_argument("--retrain-seeds", default="1-5", help="training seeds of the retrains")
     args = parser.parse_args()
     retrain_seeds = parse_seeds(args.retrain_seeds)
     print_machine()
     best_retrains = {}  # configuration -> per seed, its best trial's retrains
+    directory = Path(args.directory).resolve()
     for seed in parse_seeds(args.seeds):
-        client = MlflowClient(f"sqlite:///{Path(args.directory).resolve() / f'seed{seed}.db'}")
+        client = MlflowClient(f"sqlite:///{directory / f'seed{seed}.db'}")
         target = sweep_best(client, f"bench-random-seed{seed}") - WITHIN
         print(f"seed{seed}_target: {target:.4f}")
+        base = best_trials(client, f"bench-random-seed{seed}", 1)[0][0]
         for name in args.configs.split(","):
-            runs = best_trials(client, f"bench-{name}-seed{seed}", args.top)
-            for rank, run in enumerate(runs, start=1):
-                values = one_trial(f"seed{seed}_{name}_top{rank}", run, target, retrain_seeds)
+            trials = best_study_trials(directory, seed, base, args.top) if name in PEERS \
+                else best_trials(client, f"bench-{name}-seed{seed}", args.top)
+            for rank, trial in enumerate(trials, start=1):
+                values = one_trial(f"seed{seed}_{name}_top{rank}", trial, target, retrain_seeds)
                 if rank == 1:
                     best_retrains.setdefault(name, []).append((values, target))
     for name, sweeps in best_retrains.items():
