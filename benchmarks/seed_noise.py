@@ -29,10 +29,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from mlflow import MlflowClient  # noqa: E402
 
-from celeb_smile.config import FIELD_TYPES, config_from_params  # noqa: E402
+from celeb_smile.config import FIELD_TYPES, config_from_params, format_value  # noqa: E402
 from machine import print_machine  # noqa: E402
 from optuna_study import JOURNAL, journal_storage, study_name_of  # noqa: E402
-from search_efficiency import METRIC, PEERS, SPACE, WITHIN, parse_seeds  # noqa: E402
+from search_efficiency import (METRIC, PEERS, SPACE, WITHIN, epoch_points,  # noqa: E402
+                               parse_seeds, summarise)
 
 
 def best_trials(client: MlflowClient, experiment: str, top: int) -> list[tuple[dict, float]]:
@@ -54,8 +55,6 @@ def best_study_trials(directory: Path, seed: int, base: dict, top: int) -> list[
     with the study's choices."""
     import optuna
 
-    from celeb_smile.config import format_value
-
     journal = directory / f"bench-{PEERS[0]}-seed{seed}" / JOURNAL
     study = optuna.load_study(study_name=study_name_of(seed), storage=journal_storage(journal))
     complete = study.get_trials(deepcopy=False, states=[optuna.trial.TrialState.COMPLETE])
@@ -64,34 +63,19 @@ def best_study_trials(directory: Path, seed: int, base: dict, top: int) -> list[
                   key=lambda trial: trial[1], reverse=True)[:top]
 
 
-def sweep_best(client: MlflowClient, experiment: str) -> float:
-    """The sweep's best objective over every trial's latest value (stopped ones included)."""
-    found = client.get_experiment_by_name(experiment)
-    return max(run.data.metrics[METRIC] for run in client.search_runs([found.experiment_id])
-               if "mlflow.parentRunId" in run.data.tags and METRIC in run.data.metrics)
-
-
 def retrain(params: dict, training_seed: int) -> float:
     """The trial's configuration trained again: its data as recorded, every other draw from
     `training_seed`; the last epoch's objective."""
     import keras
-    import tensorflow as tf
 
-    from celeb_smile.data import load_splits
-    from celeb_smile.model import build_model, compile_model
-    from celeb_smile.training import EpochRandomness
+    from celeb_smile.training import prepare
 
     cfg = config_from_params({k: v for k, v in params.items() if k in FIELD_TYPES},
                              check_paths=False)
     keras.backend.clear_session()
-    keras.utils.set_random_seed(training_seed)
-    order_seed = tf.Variable(0, dtype=tf.int64, trainable=False)
-    splits = load_splits(cfg, order_seed)
-    model = compile_model(build_model(cfg.convolutions, cfg.randomize_images, training_seed),
-                          cfg.learning_rate)
+    model, splits, randomness = prepare(cfg, training_seed)
     history = model.fit(splits["train"], validation_data=splits["validation"],
-                        epochs=cfg.epochs, callbacks=[EpochRandomness(training_seed, order_seed)],
-                        verbose=0)
+                        epochs=cfg.epochs, callbacks=[randomness], verbose=0)
     return float(history.history[METRIC][-1])
 
 
@@ -130,7 +114,7 @@ def main() -> None:
     directory = Path(args.directory).resolve()
     for seed in parse_seeds(args.seeds):
         client = MlflowClient(f"sqlite:///{directory / f'seed{seed}.db'}")
-        target = sweep_best(client, f"bench-random-seed{seed}") - WITHIN
+        target = summarise(epoch_points(client, f"bench-random-seed{seed}"))["best"] - WITHIN
         print(f"seed{seed}_target: {target:.4f}")
         base = best_trials(client, f"bench-random-seed{seed}", 1)[0][0]
         for name in args.configs.split(","):

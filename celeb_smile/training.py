@@ -113,16 +113,18 @@ def train(cfg: TrainConfig, verbose: int = 2) -> keras.Model:
     return model
 
 
-def prepare(cfg: TrainConfig) -> tuple[keras.Model, dict[str, tf.data.Dataset],
-                                        EpochRandomness]:
+def prepare(cfg: TrainConfig, training_seed: int | None = None
+            ) -> tuple[keras.Model, dict[str, tf.data.Dataset], EpochRandomness]:
     """What a configuration trains: its compiled model, its datasets, and the callback that
-    makes each epoch's randomness a function of (seed, epoch)."""
-    keras.utils.set_random_seed(cfg.seed)
+    makes each epoch's randomness a function of (seed, epoch). The data is always drawn from
+    cfg.seed; the weights, data order and flips from `training_seed` (cfg.seed by default)."""
+    seed = cfg.seed if training_seed is None else training_seed
+    keras.utils.set_random_seed(seed)
     order_seed = tf.Variable(0, dtype=tf.int64, trainable=False)  # set at each epoch's start
     splits = load_splits(cfg, order_seed)
-    model = compile_model(build_model(cfg.convolutions, cfg.randomize_images, cfg.seed),
+    model = compile_model(build_model(cfg.convolutions, cfg.randomize_images, seed),
                           cfg.learning_rate)
-    return model, splits, EpochRandomness(cfg.seed, order_seed)
+    return model, splits, EpochRandomness(seed, order_seed)
 
 
 def resume(model: keras.Model, cfg: TrainConfig, run_id: str, scratch: str) -> int:
