@@ -367,9 +367,10 @@ class FakeMlflowRun:
                      if v["name"] == mount["name"]]
         (source,) = volume["projected"]["sources"]
         key = (job["metadata"]["namespace"], source["secret"]["name"])
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a hang guard, not a speed figure
         while key not in self.kube.secrets and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert key in self.kube.secrets, f"the trial's credentials Secret {key} never appeared"
         files = {item["path"]: self.kube.secrets[key][item["key"]]
                  for item in source["secret"]["items"]}
         parser = configparser.ConfigParser()  # what MLflow's client reads on every request
